@@ -1,0 +1,120 @@
+"""Samples → files, as bytes: `image.png`, `spectrogram.png`, `spectrogram.npy`, `audio.wav`, `sample.json`.
+
+`render_artifacts` computes bytes and writes nothing, so any store (a folder, S3) can take them;
+`write_sample_dir` writes a folder atomically (a hidden temporary folder renamed into place), so a folder that
+exists is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgsound_core.audio.mel import HOP_LENGTH, SAMPLE_RATE_HZ
+from imgsound_core.audio.vocoder import crop_waveform
+
+# The reference code crops 32 pixel columns (0.32 s) off the right edge, where the decoders leave a dark band.
+CROP_COLUMNS = 32
+
+ARTIFACT_NAMES = ("image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sample.json")
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[0, 1] float → uint8 with rounding (x·255 + 0.5, as torchvision's save_image does)."""
+    return (image.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """Encode `(3, H, W)` RGB or `(H, W)` grayscale in [0, 1] as PNG."""
+    pixels = to_uint8(image)
+    if pixels.ndim == 3:
+        pixels = np.ascontiguousarray(pixels.transpose(1, 2, 0))
+        picture = Image.fromarray(pixels, mode="RGB")
+    else:
+        picture = Image.fromarray(pixels, mode="L")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def wav_bytes(waveform: torch.Tensor | np.ndarray, sample_rate_hz: int = SAMPLE_RATE_HZ) -> bytes:
+    """16-bit PCM WAV (the reference code's format), clipped to [−1, 1]."""
+    import soundfile
+
+    samples = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate_hz, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+def render_artifacts(
+    image: torch.Tensor,
+    spectrogram: torch.Tensor,
+    waveform: torch.Tensor,
+    record: Mapping[str, Any],
+    crop: bool = False,
+) -> dict[str, bytes]:
+    """The files of one sample, as bytes.
+
+    Args:
+        image: `(3, H, W)` in [0, 1]; spectrogram: `(H, W)` in [0, 1]; waveform: `(W · 160,)`.
+        record: provenance written as `sample.json` (must be JSON-serialisable).
+        crop: drop the last `CROP_COLUMNS` columns of the pictures and the matching audio; `spectrogram.npy`
+            always keeps the full, uncropped spectrogram.
+    """
+    full_spectrogram = spectrogram.float().cpu().numpy().astype(np.float32)
+    width = spectrogram.shape[-1]
+    if crop:
+        if width <= CROP_COLUMNS:
+            raise ValueError(f"cannot crop {CROP_COLUMNS} columns from a {width}-column spectrogram")
+        image = image[..., : width - CROP_COLUMNS]
+        spectrogram = spectrogram[..., : width - CROP_COLUMNS]
+        waveform = crop_waveform(waveform, CROP_COLUMNS, width)
+    record = {**record, "crop_columns": CROP_COLUMNS if crop else 0, "audio_samples": int(waveform.shape[-1])}
+    return {
+        "image.png": png_bytes(image),
+        "spectrogram.png": png_bytes(spectrogram),
+        "spectrogram.npy": npy_bytes(full_spectrogram),
+        "audio.wav": wav_bytes(waveform),
+        "sample.json": (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+    }
+
+
+def write_sample_dir(target: str | os.PathLike, artifacts: Mapping[str, bytes], overwrite: bool = False) -> Path:
+    """Write `artifacts` into the folder `target` atomically; refuse to replace an existing one unless `overwrite`."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        for name, data in artifacts.items():
+            (staging / name).write_bytes(data)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def seconds_of_audio(columns: int) -> float:
+    """Duration of a spectrogram of `columns` columns (10 ms each)."""
+    return columns * HOP_LENGTH / SAMPLE_RATE_HZ

@@ -1,0 +1,30 @@
+"""Latents → pixels: `vae.decode(z / scaling_factor)` mapped from [−1, 1] to [0, 1].
+
+The picture comes from the image model's VAE, the spectrogram from the audio model's VAE (the mean of its three
+channels), as in the reference code: one latent, two decoders.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.inference_mode()
+def decode_latents(vae, latents: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Decode `(B, C, h, w)` latents to `(B, 3, 8h, 8w)` float32 CPU images in [0, 1], `batch_size` at a time."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    scaling = float(vae.config.scaling_factor)
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    outputs = []
+    for start in range(0, latents.shape[0], batch_size):
+        chunk = latents[start : start + batch_size].to(device=device, dtype=dtype)
+        pixels = vae.decode(chunk / scaling).sample
+        outputs.append((pixels.float() / 2 + 0.5).clamp(0, 1).cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def spectrogram_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
+    """`(B, 3, H, W)` audio-VAE output → `(B, H, W)` grayscale spectrogram image (channel mean)."""
+    return decoded.mean(dim=1)

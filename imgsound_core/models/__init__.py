@@ -1,0 +1,1 @@
+"""Model bundles, the tiny-model writer, downloads and safe pickle conversion."""

@@ -1,0 +1,211 @@
+"""Tiny, deterministic, random-weight models in exactly the real on-disk formats.
+
+`write_tiny_models(DIR)` writes `DIR/image` (the Stable Diffusion 1.5 layout) and `DIR/audio` (the Auffusion
+layout: the same folders plus `vocoder/config.json` + `vocoder/vocoder.pt`, and the UNet as a pickle `.bin`
+like the published Auffusion checkpoint). The real loaders read them unchanged, so every code path that the
+real weights take — tokenizer files, configs, safetensors, pickles, weight-normed vocoder checkpoints — runs in
+tests and CI without a model hub.
+
+Sizes are chosen so that 20 DDIM steps at 256×1024 take seconds on two CPU cores: attention only at the
+lowest latent resolution, narrow channels, and a VAE that still downsamples by 8 (three downsamplers), so the
+latent of a 256×1024 picture is 4×32×128 exactly as with SD-1.5.
+
+Random weights say nothing about pictures or sounds; they exercise shapes, dtypes, formats and numerics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from imgsound_core.audio.hifigan import Generator, save_hifigan, tiny_hifigan_config
+
+# SD-1.5's scheduler/scheduler_config.json, verbatim in content: a PNDM config that DDIM reads (the paper's
+# method builds its DDIMScheduler from this file).
+SD15_SCHEDULER_CONFIG: dict = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+TEXT_HIDDEN_SIZE = 32
+TOKENIZER_MAX_LENGTH = 77  # CLIP's context length, as in both real models
+VAE_SCALING_FACTOR = 0.18215  # SD-1.5's; Auffusion inherits it
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def write_clip_tokenizer(directory: Path) -> int:
+    """Write a byte-level BPE vocabulary in CLIP's file format (vocab.json, merges.txt, configs).
+
+    Every byte is a token, with and without the end-of-word marker, so any text tokenizes; there are no merges.
+    Returns the vocabulary size.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    symbols = _bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {
+        **special,
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": TOKENIZER_MAX_LENGTH,
+        "do_lower_case": True,
+        "add_prefix_space": False,
+        "errors": "replace",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return len(vocab)
+
+
+def _tiny_unet():
+    from diffusers import UNet2DConditionModel
+
+    # Three resolutions (32×128, 16×64, 8×32 for the 256×1024 latent); cross-attention only at the last.
+    return UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        attention_head_dim=8,
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    # Four blocks = three 2× downsamplers = the real VAE's factor of 8.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=256,
+        scaling_factor=VAE_SCALING_FACTOR,
+    )
+
+
+def _tiny_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_HIDDEN_SIZE,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def _write_model_index(directory: Path, with_vocoder: bool) -> None:
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+    del with_vocoder  # the vocoder folder is not a pipeline component (as in the published Auffusion repo)
+
+
+def _write_one_model(directory: Path, seed: int, unet_as_pickle: bool, with_vocoder: bool) -> None:
+    """Write one complete model folder; `seed` fixes every random weight."""
+    torch.manual_seed(seed)  # diffusers/transformers initialise from the global RNG; it is restored by the caller
+    vocab_size = write_clip_tokenizer(directory / "tokenizer")
+    _tiny_text_encoder(vocab_size).save_pretrained(directory / "text_encoder", safe_serialization=True)
+    unet = _tiny_unet()
+    unet.save_pretrained(directory / "unet", safe_serialization=not unet_as_pickle)
+    _tiny_vae().save_pretrained(directory / "vae", safe_serialization=True)
+    (directory / "scheduler").mkdir(parents=True, exist_ok=True)
+    (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2))
+    if with_vocoder:
+        config = tiny_hifigan_config()
+        save_hifigan(Generator(config), config, directory / "vocoder")
+    _write_model_index(directory, with_vocoder)
+
+
+def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+    """Write `directory/image` (SD-1.5 layout) and `directory/audio` (Auffusion layout); return both paths.
+
+    Deterministic: the same seed writes byte-identical weights. Each model is written to a temporary folder and
+    renamed into place, so an interrupted run never leaves a folder that looks complete. Existing `image`/`audio`
+    folders are replaced.
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    rng_state = torch.random.get_rng_state()
+    paths = []
+    try:
+        for name, offset, unet_as_pickle, with_vocoder in (("image", 0, False, False), ("audio", 1, True, True)):
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+            try:
+                _write_one_model(staging, seed * 2 + offset, unet_as_pickle, with_vocoder)
+                target = root / name
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            paths.append(root / name)
+    finally:
+        torch.random.set_rng_state(rng_state)
+    return paths[0], paths[1]

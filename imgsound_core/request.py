@@ -1,0 +1,131 @@
+"""The one request type: what a single sample is, validated at the edge.
+
+A `SampleRequest` carries everything that decides a sample's pixels and sound (prompts, negatives, scales, start
+steps, weight, step count, seed, size), with the paper's defaults. The CLI, the HTTP API and sweep specs all build
+it; unknown keys are errors; its canonical JSON hash is the sample id. Validation errors are `RequestError`
+with one sentence that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_STEPS = 1000  # the training schedule has 1000 timesteps; more DDIM steps than that is meaningless
+MAX_PROMPT_CHARS = 1000
+MAX_GUIDANCE = 100.0
+MAX_SIDE_PIXELS = 4096
+SIZE_MULTIPLE = 8  # the VAE downsamples by 8
+MAX_SEED = 2**63 - 1
+
+
+class RequestError(ValueError):
+    """A request parameter is invalid; the message is one sentence naming the field."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sample of the multimodal denoising method.
+
+    Defaults are the paper's: 100 steps, guidance 10 / 10, the image model joins at step 10, the audio model at
+    step 0, audio weight 0.5, 256×1024 pixels (a 4×32×128 latent, 10.24 s of 16 kHz audio), seed 0.
+    `seed` is this sample's own seed (a request for N samples with seed s makes seeds s, s+1, …, s+N−1).
+    """
+
+    image_prompt: str
+    audio_prompt: str
+    image_negative: str = ""
+    audio_negative: str = ""
+    steps: int = 100
+    image_guidance: float = 10.0
+    audio_guidance: float = 10.0
+    image_start_step: int = 10
+    audio_start_step: int = 0
+    audio_weight: float = 0.5
+    seed: int = 0
+    height: int = 256
+    width: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise RequestError(f"{name} must be a string")
+            if len(value) > MAX_PROMPT_CHARS:
+                raise RequestError(f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        for name in ("image_prompt", "audio_prompt"):
+            if not getattr(self, name).strip():
+                raise RequestError(f"{name} must not be empty")
+        for name in ("steps", "image_start_step", "audio_start_step", "seed", "height", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RequestError(f"{name} must be an integer, got {value!r}")
+        for name in ("image_guidance", "audio_guidance", "audio_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RequestError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise RequestError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        for name in ("image_guidance", "audio_guidance"):
+            if not 0.0 <= getattr(self, name) <= MAX_GUIDANCE:
+                raise RequestError(f"{name} must be between 0 and {MAX_GUIDANCE:g}, got {getattr(self, name)}")
+        if not 0.0 <= self.audio_weight <= 1.0:
+            raise RequestError(f"audio_weight must be between 0 and 1, got {self.audio_weight}")
+        for name in ("image_start_step", "audio_start_step"):
+            if not 0 <= getattr(self, name) <= self.steps:
+                raise RequestError(f"{name} must be between 0 and steps ({self.steps}), got {getattr(self, name)}")
+        if min(self.image_start_step, self.audio_start_step) != 0:
+            raise RequestError("image_start_step or audio_start_step must be 0, or no model denoises the first step")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RequestError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= MAX_SIDE_PIXELS:
+                raise RequestError(
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and {MAX_SIDE_PIXELS}, "
+                    f"got {value}"
+                )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SampleRequest:
+        """Build from a mapping; unknown keys are an error (a misspelt key must not silently fall back)."""
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise RequestError(f"unknown request field(s): {', '.join(unknown)}")
+        for required in ("image_prompt", "audio_prompt"):
+            if required not in data:
+                raise RequestError(f"{required} is required")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_seed(self, seed: int) -> SampleRequest:
+        return dataclasses.replace(self, seed=seed)
+
+    def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
+        """A stable id: the first 16 hex digits of SHA-256 over the canonical JSON of the request (+ `context`,
+        e.g. model ids, that also decide the output)."""
+        payload = {"request": self.to_dict(), "context": dict(context or {})}
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def expand(self, num_samples: int) -> list[SampleRequest]:
+        """The requests of samples 0..num_samples−1: sample i has seed `seed + i` (the reference code's rule)."""
+        if num_samples < 1:
+            raise RequestError(f"num_samples must be at least 1, got {num_samples}")
+        if self.seed + num_samples - 1 > MAX_SEED:
+            raise RequestError("seed + num_samples exceeds the largest seed")
+        return [self.with_seed(self.seed + i) for i in range(num_samples)]

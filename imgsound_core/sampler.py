@@ -1,0 +1,185 @@
+"""The local sampler: drives the step scheduler with two model bundles, then decodes and vocodes.
+
+One code path for one sample or thousands: requests become samples in a `StepScheduler`; every step runs each
+UNet once on all the samples that use it (classifier-free guidance as one batch of 2R rows), combines, and steps.
+Finished samples are decoded in small batches and yielded as they finish. The CLI and the sweep workers use this
+class; the server runs the same scheduler with remote UNets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
+from imgsound_core.composition import guided_eps
+from imgsound_core.decode import decode_latents, spectrogram_from_decoded
+from imgsound_core.models.bundle import ModelBundle, check_pair
+from imgsound_core.noise import initial_latents, latent_shape
+from imgsound_core.request import SampleRequest
+from imgsound_core.scheduler import ModelInputs, SampleState, StepScheduler
+from imgsound_core.text import TextEmbeddingCache
+
+
+@torch.inference_mode()
+def predict_guided_eps(
+    unet,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    guidance_scale: torch.Tensor,
+) -> torch.Tensor:
+    """One UNet call for R samples with classifier-free guidance.
+
+    Args:
+        latents: `(R, C, h, w)`; timesteps: `(R,)`; prompt_embeds, negative_embeds: `(R, L, D)`;
+        guidance_scale: `(R,)`.
+    Returns:
+        `(R, C, h, w)` float32 guided estimates, on the latents' device.
+    """
+    device = unet.device
+    dtype = unet.dtype
+    # rows: [uncond_0..uncond_{R-1}, cond_0..cond_{R-1}] — the reference code's CFG layout, per sample.
+    model_input = torch.cat([latents, latents]).to(device=device, dtype=dtype)
+    model_timesteps = torch.cat([timesteps, timesteps]).to(device)
+    context = torch.cat([negative_embeds, prompt_embeds]).to(device=device, dtype=dtype)
+    eps = unet(model_input, model_timesteps, encoder_hidden_states=context).sample
+    eps_uncond, eps_cond = eps.float().chunk(2)
+    return guided_eps(eps_uncond, eps_cond, guidance_scale.to(device)).to(latents.device)
+
+
+@dataclass
+class SampleResult:
+    """One finished sample. Tensors are float32 on the CPU.
+
+    Attributes:
+        image: `(3, H, W)` in [0, 1], the image model's decode.
+        spectrogram: `(H, W)` in [0, 1], the audio model's decode (channel mean), row 0 = highest frequency.
+        waveform: `(W · 160,)` at 16 kHz.
+        latents: `(C, H/8, W/8)` the final clean latent.
+        timings_s: seconds spent in denoising (wall time while in flight), decoding and vocoding.
+    """
+
+    key: str
+    request: SampleRequest
+    image: torch.Tensor
+    spectrogram: torch.Tensor
+    waveform: torch.Tensor
+    latents: torch.Tensor
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[int], None]
+
+
+class Sampler:
+    """Generates samples with an image bundle and an audio bundle (both need unet, vae and text; the vocoder is
+    passed separately so HiFi-GAN and Griffin-Lim are interchangeable)."""
+
+    def __init__(
+        self,
+        image: ModelBundle,
+        audio: ModelBundle,
+        vocoder: Vocoder,
+        max_batch_samples: int = 16,
+        decode_batch_size: int = 4,
+    ) -> None:
+        for bundle in (image, audio):
+            if bundle.unet is None or bundle.vae is None or bundle.text_encoder is None:
+                raise ValueError(f"the {bundle.role} bundle needs its unet, vae and text encoder loaded")
+        check_pair(image, audio)
+        self.image = image
+        self.audio = audio
+        self.vocoder = vocoder
+        self.max_batch_samples = max_batch_samples
+        self.decode_batch_size = decode_batch_size
+        self.image_text = TextEmbeddingCache(image.tokenizer, image.text_encoder)
+        self.audio_text = TextEmbeddingCache(audio.tokenizer, audio.text_encoder)
+        # The reference method builds its one DDIM scheduler from the image model's config.
+        self.scheduler_config = image.scheduler_config
+
+    def _run_unet(self, bundle: ModelBundle, cache: TextEmbeddingCache, inputs: ModelInputs) -> torch.Tensor | None:
+        if len(inputs) == 0:
+            return None
+        return predict_guided_eps(
+            bundle.unet,
+            inputs.latents,
+            inputs.timesteps,
+            cache.get(inputs.prompts),
+            cache.get(inputs.negatives),
+            inputs.guidance_scale,
+        )
+
+    def denoise(
+        self, requests: Sequence[SampleRequest], progress: ProgressCallback | None = None
+    ) -> Iterator[tuple[SampleState, float]]:
+        """Run the DDIM loop; yield `(state, seconds_in_flight)` for each sample as it finishes.
+
+        `progress(n)` is called after every step with the number of sample-steps just taken.
+        """
+        scheduler = StepScheduler(self.scheduler_config, self.max_batch_samples)
+        started: dict[str, float] = {}
+        for index, request in enumerate(requests):
+            shape = latent_shape(request.height, request.width, self.image.latent_channels)
+            latents = initial_latents([request.seed], shape)[0]
+            scheduler.add(str(index), request, latents)
+        self.image_text.add([r.image_prompt for r in requests] + [r.image_negative for r in requests])
+        self.audio_text.add([r.audio_prompt for r in requests] + [r.audio_negative for r in requests])
+        while scheduler.has_work():
+            plan = scheduler.schedule()
+            now = time.perf_counter()
+            for key in plan.keys:
+                started.setdefault(key, now)
+            eps_image = self._run_unet(self.image, self.image_text, plan.image)
+            eps_audio = self._run_unet(self.audio, self.audio_text, plan.audio)
+            finished = scheduler.update(plan, eps_image, eps_audio)
+            if progress is not None:
+                progress(len(plan))
+            done_at = time.perf_counter()
+            for state in finished:
+                yield state, done_at - started[state.key]
+
+    def decode(self, states: Sequence[SampleState], denoise_s: Sequence[float]) -> list[SampleResult]:
+        """Decode finished samples: picture (image VAE), spectrogram (audio VAE), waveform (vocoder)."""
+        if not states:
+            return []
+        latents = torch.stack([s.latents for s in states]).float()
+        t0 = time.perf_counter()
+        images = decode_latents(self.image.vae, latents, self.decode_batch_size)
+        spectrograms = spectrogram_from_decoded(decode_latents(self.audio.vae, latents, self.decode_batch_size))
+        t1 = time.perf_counter()
+        waveforms = spectrogram_to_waveform(spectrograms, self.vocoder)
+        t2 = time.perf_counter()
+        n = len(states)
+        return [
+            SampleResult(
+                key=state.key,
+                request=state.request,
+                image=images[i],
+                spectrogram=spectrograms[i],
+                waveform=waveforms[i].float().cpu(),
+                latents=state.latents.cpu(),
+                timings_s={"denoise": denoise_s[i], "decode": (t1 - t0) / n, "vocode": (t2 - t1) / n},
+            )
+            for i, state in enumerate(states)
+        ]
+
+    def generate(
+        self, requests: Sequence[SampleRequest], progress: ProgressCallback | None = None
+    ) -> Iterator[SampleResult]:
+        """Generate every request; yield results in the order samples finish (input order for equal step counts).
+
+        Finished samples are decoded in groups of `decode_batch_size` so memory stays bounded.
+        """
+        pending: list[tuple[SampleState, float]] = []
+        for item in self.denoise(requests, progress):
+            pending.append(item)
+            if len(pending) >= self.decode_batch_size:
+                yield from self.decode([s for s, _ in pending], [t for _, t in pending])
+                pending = []
+        if pending:
+            yield from self.decode([s for s, _ in pending], [t for _, t in pending])

@@ -1,0 +1,202 @@
+"""The step scheduler: which samples take a DDIM step together, and the bookkeeping after it.
+
+Knows nothing of Ray, HTTP or models. Each sample keeps its own state (latent, step index, DDIM schedule,
+prompts); `schedule()` gathers the tensors for one step into a `StepPlan`, the caller runs the UNets on the plan's
+rows, and `update()` combines the estimates and advances every sample by one DDIM step. Because every knob is
+per sample, samples of different requests and at different steps share one step (continuous batching: a sample
+added now joins the next step). The same scheduler drives the CLI/sweep sampler and the server's driver.
+
+    scheduler.add(key, request, latents)
+    while scheduler.has_work():
+        plan = scheduler.schedule()
+        eps_image = run_unet(image_unet, plan.image)   # (len(plan.image.rows), C, h, w) or None
+        eps_audio = run_unet(audio_unet, plan.audio)
+        finished = scheduler.update(plan, eps_image, eps_audio)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from imgsound_core.composition import combine_eps, modality_weights
+from imgsound_core.ddim import DdimSchedule, ddim_schedule, ddim_step
+from imgsound_core.request import SampleRequest
+
+
+@dataclass
+class SampleState:
+    """One sample in flight. `latents` is the fp32 master copy `(C, h, w)`; `step_index` the next step to take."""
+
+    key: str
+    request: SampleRequest
+    latents: torch.Tensor
+    schedule: DdimSchedule
+    step_index: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.step_index >= self.schedule.num_steps
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What one modality's UNet computes in a step: a guided estimate for each of `rows`.
+
+    Attributes:
+        rows: `(R,)` indices into the plan's batch.
+        latents: `(R, C, h, w)` float32.
+        timesteps: `(R,)` int64, one per row.
+        prompts, negatives: R strings each (the embedding cache keys).
+        guidance_scale: `(R,)` float32.
+    """
+
+    rows: torch.Tensor
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    prompts: list[str]
+    negatives: list[str]
+    guidance_scale: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The plan for one step over B samples (all tensors have B rows, in `keys` order)."""
+
+    keys: list[str]
+    latents: torch.Tensor  # (B, C, h, w) float32
+    step_index: torch.Tensor  # (B,) int64
+    alpha_bar_t: torch.Tensor  # (B,)
+    alpha_bar_prev: torch.Tensor  # (B,)
+    weight_image: torch.Tensor  # (B,) float64
+    weight_audio: torch.Tensor  # (B,) float64
+    image: ModelInputs
+    audio: ModelInputs
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _model_inputs(
+    states: list[SampleState], latents: torch.Tensor, timesteps: torch.Tensor, weight: torch.Tensor, modality: str
+) -> ModelInputs:
+    rows = torch.nonzero(weight != 0, as_tuple=False).flatten()
+    picked = [states[i] for i in rows.tolist()]
+    return ModelInputs(
+        rows=rows,
+        latents=latents[rows],
+        timesteps=timesteps[rows],
+        prompts=[getattr(s.request, f"{modality}_prompt") for s in picked],
+        negatives=[getattr(s.request, f"{modality}_negative") for s in picked],
+        guidance_scale=torch.tensor([getattr(s.request, f"{modality}_guidance") for s in picked], dtype=torch.float32),
+    )
+
+
+@dataclass
+class StepScheduler:
+    """FIFO admission of samples into steps of at most `max_batch_samples` samples.
+
+    Every admitted sample advances by one step per `schedule()`/`update()` round until it finishes; waiting
+    samples are admitted as running ones finish. A UNet call costs 2 rows (CFG) per active sample.
+    """
+
+    scheduler_config: dict
+    max_batch_samples: int = 16
+    _states: OrderedDict[str, SampleState] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_samples < 1:
+            raise ValueError("max_batch_samples must be at least 1")
+
+    def add(self, key: str, request: SampleRequest, latents: torch.Tensor) -> SampleState:
+        """Queue a sample; `latents` is its `(C, h, w)` initial noise."""
+        if key in self._states:
+            raise ValueError(f"a sample with key {key!r} is already scheduled")
+        state = SampleState(
+            key=key,
+            request=request,
+            latents=latents.detach().to(torch.float32).clone(),
+            schedule=ddim_schedule(self.scheduler_config, request.steps),
+        )
+        self._states[key] = state
+        return state
+
+    def abort(self, key: str) -> SampleState | None:
+        """Drop a sample (e.g. its client went away); returns its state, or None if unknown."""
+        return self._states.pop(key, None)
+
+    def has_work(self) -> bool:
+        return bool(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def schedule(self) -> StepPlan:
+        """Gather the next step's batch: the first `max_batch_samples` unfinished samples in arrival order."""
+        states = list(self._states.values())[: self.max_batch_samples]
+        if not states:
+            raise RuntimeError("schedule() called with no samples")
+        latents = torch.stack([s.latents for s in states])  # (B, C, h, w)
+        step_index = torch.tensor([s.step_index for s in states], dtype=torch.int64)
+        timesteps = torch.stack([s.schedule.timesteps[s.step_index] for s in states])
+        alpha_bar_t = torch.stack([s.schedule.alpha_bar_t[s.step_index] for s in states])
+        alpha_bar_prev = torch.stack([s.schedule.alpha_bar_prev[s.step_index] for s in states])
+        weight_image, weight_audio = modality_weights(
+            step_index,
+            torch.tensor([s.request.image_start_step for s in states]),
+            torch.tensor([s.request.audio_start_step for s in states]),
+            torch.tensor([s.request.audio_weight for s in states], dtype=torch.float64),
+        )
+        return StepPlan(
+            keys=[s.key for s in states],
+            latents=latents,
+            step_index=step_index,
+            alpha_bar_t=alpha_bar_t,
+            alpha_bar_prev=alpha_bar_prev,
+            weight_image=weight_image,
+            weight_audio=weight_audio,
+            image=_model_inputs(states, latents, timesteps, weight_image, "image"),
+            audio=_model_inputs(states, latents, timesteps, weight_audio, "audio"),
+        )
+
+    def update(
+        self, plan: StepPlan, eps_image: torch.Tensor | None, eps_audio: torch.Tensor | None
+    ) -> list[SampleState]:
+        """Combine the estimates, take one DDIM step for every sample of `plan`, return the samples now finished.
+
+        Args:
+            eps_image: `(len(plan.image), C, h, w)` guided estimates for `plan.image.rows` (None if no rows).
+            eps_audio: likewise for `plan.audio.rows`.
+        Samples aborted while the step ran are skipped.
+        """
+        full_image = _scatter(eps_image, plan.image, plan.latents)
+        full_audio = _scatter(eps_audio, plan.audio, plan.latents)
+        eps = combine_eps(full_image, full_audio, plan.weight_image, plan.weight_audio)
+        new_latents = ddim_step(plan.latents, eps, plan.alpha_bar_t, plan.alpha_bar_prev)
+        finished = []
+        for row, key in enumerate(plan.keys):
+            state = self._states.get(key)
+            if state is None:
+                continue
+            state.latents = new_latents[row]
+            state.step_index += 1
+            if state.finished:
+                finished.append(self._states.pop(key))
+        return finished
+
+
+def _scatter(eps: torch.Tensor | None, inputs: ModelInputs, like: torch.Tensor) -> torch.Tensor | None:
+    """Place the `(R, ...)` estimates of `inputs.rows` into a zero `(B, ...)` float32 tensor."""
+    if len(inputs) == 0:
+        return None
+    if eps is None or eps.shape[0] != len(inputs):
+        got = None if eps is None else tuple(eps.shape)
+        raise ValueError(f"expected {len(inputs)} estimates, got {got}")
+    full = torch.zeros_like(like)
+    full[inputs.rows] = eps.to(device=like.device, dtype=like.dtype)
+    return full
