@@ -40,30 +40,33 @@ def sd15_bundle(role: str, device: torch.device, dtype: torch.dtype, seed: int) 
 
     from imgsound_core.models.tiny import SD15_SCHEDULER_CONFIG, write_clip_tokenizer
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD-1.5's config
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
     tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
-    vocab = write_clip_tokenizer(tokenizer_dir)
+    vocab_size = write_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
+    torch.manual_seed(seed)
+    with torch.device(device):  # initialise on the device: random init of 860M parameters is slow on a CPU
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD-1.5's
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+        text_config = CLIPTextConfig(
+            vocab_size=vocab_size,
             hidden_size=768,
             intermediate_size=3072,
             num_hidden_layers=12,
             num_attention_heads=12,
             max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
         )
-    )
-    modules = [m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in (unet, vae, text)]
+        text = CLIPTextModel(text_config)
+    unet, vae, text = (m.to(dtype=dtype).eval().requires_grad_(False) for m in (unet, vae, text))
     return ModelBundle(
         role=role,
         source="sd15-architecture-random",
@@ -71,9 +74,9 @@ def sd15_bundle(role: str, device: torch.device, dtype: torch.dtype, seed: int) 
         device=device,
         dtype=dtype,
         scheduler_config=dict(SD15_SCHEDULER_CONFIG),
-        unet=modules[0],
-        vae=modules[1],
-        text_encoder=modules[2],
+        unet=unet,
+        vae=vae,
+        text_encoder=text,
         tokenizer=tokenizer,
     )
 

@@ -306,7 +306,7 @@ def test_griffin_lim_is_deterministic() -> None:
 # --------------------------------------------------------------------------------------------- vocoder API
 
 
-@pytest.mark.parametrize("kind", ["hifigan", "griffin-lim"])
+@pytest.mark.parametrize("kind", ["hifigan", "griffinlim"])
 def test_vocoder_interface_shapes(kind: str, tiny_generator: Generator) -> None:
     vocoder: Vocoder = HiFiGANVocoder(tiny_generator) if kind == "hifigan" else GriffinLimVocoder(n_iter=4)
     assert isinstance(vocoder, Vocoder) and vocoder.name == kind
