@@ -33,10 +33,13 @@ def main() -> int:
     root = Path(tempfile.mkdtemp())
     write_tiny_models(root)
     base = SampleRequest(image_prompt="a castle", audio_prompt="bells", steps=10, image_start_step=3)
-    requests = base.expand(3) + [SampleRequest(image_prompt="dogs", audio_prompt="barking", steps=7, seed=5)]
+    requests = base.expand(3) + [
+        SampleRequest(image_prompt="dogs", audio_prompt="barking", steps=7, seed=5, image_start_step=2)
+    ]
     cpu = run(root, "cpu", torch.float32, requests)
     failures = 0
-    for dtype, tolerance in ((torch.float32, 1e-3), (torch.float16, 5e-2), (torch.bfloat16, 1e-1)):
+    # CUDA fp32 convolutions use TF32 by default (cuDNN), so fp32 is compared at 5e-3, not at CPU round-off.
+    for dtype, tolerance in ((torch.float32, 5e-3), (torch.float16, 5e-2), (torch.bfloat16, 1e-1)):
         cuda = run(root, "cuda", dtype, requests)
         spec = max((a.spectrogram - b.spectrogram).abs().max().item() for a, b in zip(cpu, cuda))
         img = max((a.image - b.image).abs().max().item() for a, b in zip(cpu, cuda))

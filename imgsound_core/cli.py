@@ -397,9 +397,21 @@ COMMANDS = {
 }
 
 
+def _quiet_libraries() -> None:
+    """diffusers/transformers log load-time chatter (and their own progress bars) that users cannot act on."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging_module in (diffusers_logging, transformers_logging):
+        logging_module.set_verbosity_error()
+        logging_module.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not os.environ.get("IMGSOUND_DEBUG"):
+        _quiet_libraries()
     from imgsound_core.models.bundle import ModelMismatchError, ModelNotAvailableError
     from imgsound_core.request import RequestError
 

@@ -84,6 +84,7 @@ def combine_eps(
         raise ValueError("combine_eps needs at least one estimate")
     combined = torch.zeros_like(reference)
     for eps, weight in ((eps_image, weight_image), (eps_audio, weight_audio)):
+        weight = weight.to(reference.device)
         used = weight != 0
         if not bool(used.any()):
             continue

@@ -151,6 +151,14 @@ def _read_scheduler_config(path: Path, role: str, source: str) -> dict:
         ) from None
 
 
+def _has_safetensors(component_dir: Path) -> bool:
+    """Say which format to read, so diffusers neither guesses (and logs an error) nor prefers a pickle.
+
+    Pickles (`*.bin`) are then read by diffusers with `torch.load(weights_only=True)`.
+    """
+    return any(component_dir.glob("*.safetensors"))
+
+
 def _load_part(loader, role: str, source: str, part: str):
     try:
         return loader()
@@ -200,7 +208,9 @@ def load_bundle(
         from diffusers import UNet2DConditionModel
 
         unet = _load_part(
-            lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype),
+            lambda: UNet2DConditionModel.from_pretrained(
+                path, subfolder="unet", torch_dtype=dtype, use_safetensors=_has_safetensors(path / "unet")
+            ),
             role,
             text_source,
             "UNet",
@@ -210,7 +220,12 @@ def load_bundle(
         from diffusers import AutoencoderKL
 
         vae = _load_part(
-            lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype), role, text_source, "VAE"
+            lambda: AutoencoderKL.from_pretrained(
+                path, subfolder="vae", torch_dtype=dtype, use_safetensors=_has_safetensors(path / "vae")
+            ),
+            role,
+            text_source,
+            "VAE",
         )
         vae = vae.to(device).eval().requires_grad_(False)
     if TEXT in wanted:

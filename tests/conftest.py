@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny real-format models written once per test session, and quiet, single-threaded torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_libraries():
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """`ROOT/image` and `ROOT/audio` written by the tiny-model writer (seed 0)."""
+    from imgsound_core.models.tiny import write_tiny_models
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    write_tiny_models(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny_models):
+    """Loaded fp32 CPU bundles (image: unet, vae, text; audio: the same + vocoder)."""
+    from imgsound_core.models.bundle import load_bundle
+
+    image = load_bundle(tiny_models / "image", "image")
+    audio = load_bundle(tiny_models / "audio", "audio")
+    return image, audio
+
+
+@pytest.fixture()
+def single_thread():
+    """Some numerics tests compare runs; one thread keeps timings stable on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
