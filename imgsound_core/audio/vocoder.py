@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .griffinlim import GRIFFIN_LIM_N_ITER, griffin_lim
 from .hifigan import Generator, load_hifigan
@@ -110,7 +111,9 @@ def spectrogram_to_waveform(spectrogram_image: torch.Tensor, vocoder: Vocoder) -
     """Spectrogram picture(s) in [0, 1] → waveforms: denormalise (flip, channel mean, rescale), then vocode.
 
     Args:
-        spectrogram_image: (B, 3, H, W) picture or (B, H, W) grey picture, row 0 = highest frequency, H = n_mels.
+        spectrogram_image: (B, 3, H, W) picture or (B, H, W) grey picture, row 0 = highest frequency. A picture
+            whose height is not the vocoder's n_mels (256) is resized to it first (bilinear), so any height plays;
+            the width, and so the duration, is kept.
         vocoder: any `Vocoder`.
 
     Returns:
@@ -124,6 +127,9 @@ def spectrogram_to_waveform(spectrogram_image: torch.Tensor, vocoder: Vocoder) -
         )
     # Denormalise in float32 at least: half precision would quantise the log-mel to about 0.01.
     image = spectrogram_image.to(torch.promote_types(spectrogram_image.dtype, torch.float32))
+    n_mels = getattr(vocoder, "n_mels", N_MELS)
+    if image.shape[-2] != n_mels:
+        image = F.interpolate(image, size=(n_mels, image.shape[-1]), mode="bilinear", align_corners=False)
     return vocoder(denormalize_spectrogram(image))
 
 

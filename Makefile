@@ -1,0 +1,46 @@
+# imgsound — one entry point for install, demo, tests, lint and benchmarks.
+#   make demo    installs into .venv (CPU torch pinned) and runs the demo on tiny models
+#   make test    installs and runs the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pins the CPU build of torch; `make install CONSTRAINTS=` keeps a torch you installed yourself (e.g. CUDA).
+CONSTRAINTS ?= constraints.txt
+MODELS ?= models/tiny
+DEMO_OUT ?= demo-out
+
+.PHONY: install demo test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/imgsound tiny-models $(MODELS)
+	$(BIN)/imgsound generate --image-model $(MODELS)/image --audio-model $(MODELS)/audio \
+		--image-prompt "a painting of castle towers, grayscale" --audio-prompt "bell ringing" \
+		--steps 20 --num-samples 2 --seed 1234 --crop --overwrite --out $(DEMO_OUT)
+	$(BIN)/imgsound audio-to-spectrogram $(DEMO_OUT)/sample_000/audio.wav $(DEMO_OUT)/sample_000.respectrogram.png
+	@echo "demo: $(DEMO_OUT)/sample_000/ and sample_001/ (tiny random-weight models: the content is noise;"
+	@echo "      pass --image-model/--audio-model folders from 'imgsound download' for real pictures and sounds)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/bench_sampler.py --steps 20 --batch 16
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) models/tiny .pytest_cache .ruff_cache
