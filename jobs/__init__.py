@@ -1,0 +1,1 @@
+"""Batch sweeps and dataset curation over imgsound_core: see the README."""
