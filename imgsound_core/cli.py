@@ -200,21 +200,6 @@ def _load_vocoder(name: str, audio_bundle=None, audio_model: str | None = None, 
     return HiFiGANVocoder(bundle.vocoder, device=bundle.device)
 
 
-class _AnyHeightVocoder:
-    """Vocodes spectrograms of any height: the frequency axis is first resized to the vocoder's mel bands (as
-    `image-to-audio` resizes pictures to 256 rows); the files keep the generated height."""
-
-    def __init__(self, vocoder) -> None:
-        self.vocoder = vocoder
-
-    def __call__(self, log_mel):
-        import torch.nn.functional as F
-
-        size = (self.vocoder.n_mels, log_mel.shape[-1])
-        log_mel = F.interpolate(log_mel.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-        return self.vocoder(log_mel)
-
-
 def _versions() -> dict[str, str]:
     import diffusers
     import torch
@@ -269,8 +254,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     audio_parts = {"unet", "vae", "text"} | ({"vocoder"} if args.vocoder == "hifigan" else set())
     audio = load_bundle(args.audio_model, "audio", parts=audio_parts, device=device, dtype=dtype)
     vocoder = _load_vocoder(args.vocoder, audio_bundle=audio)
-    if request.height != vocoder.n_mels:
-        vocoder = _AnyHeightVocoder(vocoder)
     load_s = time.perf_counter() - t0
     sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size)
     context = {"image_model": image.describe(), "audio_model": audio.describe(), "vocoder": args.vocoder}
@@ -427,7 +410,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not os.environ.get("IMGSOUND_DEBUG") and args.command != "download":  # downloads keep their progress bars
+    if not os.environ.get("IMGSOUND_DEBUG"):
         _quiet_libraries()
     from imgsound_core.models.bundle import ModelMismatchError, ModelNotAvailableError
     from imgsound_core.request import RequestError
