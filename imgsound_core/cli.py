@@ -410,7 +410,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not os.environ.get("IMGSOUND_DEBUG"):
+    if not os.environ.get("IMGSOUND_DEBUG") and args.command != "download":  # downloads keep their progress bars
         _quiet_libraries()
     from imgsound_core.models.bundle import ModelMismatchError, ModelNotAvailableError
     from imgsound_core.request import RequestError

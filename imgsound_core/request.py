@@ -128,4 +128,4 @@ class SampleRequest:
             raise RequestError(f"num_samples must be at least 1, got {num_samples}")
         if self.seed + num_samples - 1 > MAX_SEED:
             raise RequestError("seed + num_samples exceeds the largest seed")
-        return [self.with_seed(self.seed) for i in range(num_samples)]
+        return [self.with_seed(self.seed + i) for i in range(num_samples)]

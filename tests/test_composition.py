@@ -25,7 +25,9 @@ def test_guided_eps_scale_one_is_the_conditional_estimate():
 def test_modality_weights_warm_start_table():
     steps = torch.arange(0, 14)
     n = steps.shape[0]
-    w_img, w_aud = modality_weights(steps, torch.full((n,), 10), torch.zeros(n, dtype=torch.long), torch.full((n,), 0.5))
+    w_img, w_aud = modality_weights(
+        steps, torch.full((n,), 10), torch.zeros(n, dtype=torch.long), torch.full((n,), 0.5)
+    )
     assert w_img.tolist() == [0.0] * 10 + [0.5] * 4
     assert w_aud.tolist() == [1.0] * 10 + [0.5] * 4
 

@@ -36,8 +36,9 @@ def test_half_precision_loads_and_runs_on_cpu(tiny_models, dtype):
     from imgsound_core.text import encode_prompts
 
     text = encode_prompts(bundle.tokenizer, bundle.text_encoder, ["castle"])
-    eps = predict_guided_eps(bundle.unet, torch.randn(1, 4, 8, 16), torch.tensor([500]), text, text,
-                             torch.tensor([7.5]))
+    eps = predict_guided_eps(
+        bundle.unet, torch.randn(1, 4, 8, 16), torch.tensor([500]), text, text, torch.tensor([7.5])
+    )
     assert eps.dtype == torch.float32 and torch.isfinite(eps).all()
 
 

@@ -43,10 +43,16 @@ def reference_sample(image, audio, req: SampleRequest) -> torch.Tensor:
         return uncond + scale * (cond - uncond)
 
     for i, t in enumerate(scheduler.timesteps):
-        eps_v = cfg(image, req.image_prompt, req.image_negative, req.image_guidance, latents, t) \
-            if i >= req.image_start_step else None
-        eps_a = cfg(audio, req.audio_prompt, req.audio_negative, req.audio_guidance, latents, t) \
-            if i >= req.audio_start_step else None
+        eps_v = (
+            cfg(image, req.image_prompt, req.image_negative, req.image_guidance, latents, t)
+            if i >= req.image_start_step
+            else None
+        )
+        eps_a = (
+            cfg(audio, req.audio_prompt, req.audio_negative, req.audio_guidance, latents, t)
+            if i >= req.audio_start_step
+            else None
+        )
         if eps_v is not None and eps_a is not None:
             eps = (1 - req.audio_weight) * eps_v + req.audio_weight * eps_a
         else:
@@ -58,8 +64,16 @@ def reference_sample(image, audio, req: SampleRequest) -> torch.Tensor:
 
 def test_sampler_equals_the_reference_loop(sampler, tiny_bundles):
     image, audio = tiny_bundles
-    req = SampleRequest(image_prompt="castle towers", audio_prompt="bell ringing", steps=6, image_start_step=2,
-                        seed=11, audio_weight=0.4, image_negative="blurry", **SMALL)
+    req = SampleRequest(
+        image_prompt="castle towers",
+        audio_prompt="bell ringing",
+        steps=6,
+        image_start_step=2,
+        seed=11,
+        audio_weight=0.4,
+        image_negative="blurry",
+        **SMALL,
+    )
     result = next(iter(sampler.generate([req])))
     expected = reference_sample(image, audio, req)
     assert (result.spectrogram - expected).abs().max().item() < 1e-4
@@ -70,10 +84,19 @@ def mixed_requests() -> list[SampleRequest]:
     requests = []
     for i in range(8):
         image_prompt, audio_prompt = prompts[i % 4]
-        requests.append(SampleRequest(
-            image_prompt=image_prompt, audio_prompt=audio_prompt, steps=3 + i % 4, image_start_step=i % 3,
-            image_guidance=5.0 + i, audio_guidance=10.0 - i, audio_weight=0.1 * i, seed=100 + i, **SMALL,
-        ))
+        requests.append(
+            SampleRequest(
+                image_prompt=image_prompt,
+                audio_prompt=audio_prompt,
+                steps=3 + i % 4,
+                image_start_step=i % 3,
+                image_guidance=5.0 + i,
+                audio_guidance=10.0 - i,
+                audio_weight=0.1 * i,
+                seed=100 + i,
+                **SMALL,
+            )
+        )
     return requests
 
 
@@ -148,7 +171,6 @@ def test_audio_alone_never_calls_the_image_unet(tiny_bundles, monkeypatch):
 
 def test_progress_counts_every_sample_step(sampler):
     seen: list[int] = []
-    requests = [SampleRequest(image_prompt="a", audio_prompt="b", steps=s, image_start_step=0, **SMALL)
-                for s in (2, 3)]
+    requests = [SampleRequest(image_prompt="a", audio_prompt="b", steps=s, image_start_step=0, **SMALL) for s in (2, 3)]
     list(sampler.generate(requests, progress=seen.append))
     assert sum(seen) == 5

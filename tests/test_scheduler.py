@@ -31,14 +31,20 @@ def reference(req: SampleRequest, latents: torch.Tensor) -> torch.Tensor:
     oracle = DDIMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     oracle.set_timesteps(req.steps)
     z = latents[None].clone()
+
+    def inputs(modality: str, z: torch.Tensor, t: torch.Tensor) -> ModelInputs:
+        return ModelInputs(
+            rows=torch.tensor([0]),
+            latents=z,
+            timesteps=t.reshape(1),
+            prompts=[""],
+            negatives=[""],
+            guidance_scale=torch.tensor([getattr(req, f"{modality}_guidance")]),
+        )
+
     for k, t in enumerate(oracle.timesteps):
-        def inputs(modality: str) -> ModelInputs:
-            return ModelInputs(
-                rows=torch.tensor([0]), latents=z, timesteps=t.reshape(1), prompts=[""], negatives=[""],
-                guidance_scale=torch.tensor([getattr(req, f"{modality}_guidance")]),
-            )
-        eps_v = fake_eps("image", inputs("image")) if k >= req.image_start_step else None
-        eps_a = fake_eps("audio", inputs("audio")) if k >= req.audio_start_step else None
+        eps_v = fake_eps("image", inputs("image", z, t)) if k >= req.image_start_step else None
+        eps_a = fake_eps("audio", inputs("audio", z, t)) if k >= req.audio_start_step else None
         if eps_v is not None and eps_a is not None:
             eps = (1 - req.audio_weight) * eps_v + req.audio_weight * eps_a
         else:

@@ -159,22 +159,35 @@ def _has_safetensors(component_dir: Path) -> bool:
     return any(component_dir.glob("*.safetensors"))
 
 
+def _is_pickle_refusal(error: BaseException) -> bool:
+    """diffusers wraps torch's weights-only refusal in an OSError; look through the chain for it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "UnpicklingError" or "weights_only" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _load_part(loader, role: str, source: str, part: str):
     try:
         return loader()
-    except (OSError, ValueError, RuntimeError, EOFError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception as error:  # noqa: BLE001 - every loader failure becomes one sentence for the user
+        if _is_pickle_refusal(error):
+            raise ModelNotAvailableError(
+                f"The {role} model's {part} in '{source}' is a pickle holding more than plain tensors and was "
+                f"refused (weights-only loading); convert trusted weights with `imgsound convert`."
+            ) from None
+        if not isinstance(error, OSError | ValueError | RuntimeError | EOFError | KeyError):
+            raise
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
         raise ModelNotAvailableError(
             f"The {role} model's {part} in '{source}' could not be loaded ({first_line[:300]}); check the folder, "
             f"or re-download it with `imgsound download`."
         ) from None
-    except Exception as error:  # pickle refusals surface as UnpicklingError
-        if type(error).__name__ == "UnpicklingError":
-            raise ModelNotAvailableError(
-                f"The {role} model's {part} in '{source}' is a pickle holding more than plain tensors, and was "
-                f"refused (weights_only loading); convert trusted weights with `imgsound convert`."
-            ) from None
-        raise
 
 
 def load_bundle(
