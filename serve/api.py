@@ -1,0 +1,92 @@
+"""The HTTP API's request and response bodies (FastAPI/pydantic), and their mapping to the core's types.
+
+Field names and defaults are the core `SampleRequest`'s (the paper's defaults); unknown fields are a 422.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imgsound_core.request import RequestError, SampleRequest
+from serve.config import Limits
+
+OutputName = Literal["image", "spectrogram", "spectrogram_npy", "audio", "record"]
+ALL_OUTPUTS: tuple[str, ...] = ("image", "spectrogram", "spectrogram_npy", "audio", "record")
+# Which artifact file each output name is.
+OUTPUT_FILES = {
+    "image": "image.png",
+    "spectrogram": "spectrogram.png",
+    "spectrogram_npy": "spectrogram.npy",
+    "audio": "audio.wav",
+    "record": "sample.json",
+}
+
+
+class GenerateBody(BaseModel):
+    """POST /v1/generate. Sample i has seed `seed + i`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_prompt: str = Field(description="what the spectrogram should look like")
+    audio_prompt: str = Field(description="what it should sound like")
+    image_negative: str = ""
+    audio_negative: str = ""
+    steps: int = 100
+    image_guidance: float = 10.0
+    audio_guidance: float = 10.0
+    image_start_step: int = 10
+    audio_start_step: int = 0
+    audio_weight: float = 0.5
+    seed: int = 0
+    num_samples: int = 1
+    height: int = 256
+    width: int = 1024
+    vocoder: Literal["hifigan", "griffinlim"] = "hifigan"
+    crop: bool = Field(default=False, description="drop the last 32 columns of pictures and audio")
+    outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS))
+    inline: bool = Field(
+        default=True, description="return the outputs as base64; with an output store, false returns URIs only"
+    )
+
+    def to_requests(self, limits: Limits) -> list[SampleRequest]:
+        """Validate against the core's rules and the server's limits; RequestError names the field."""
+        if not 1 <= self.num_samples <= limits.max_samples_per_request:
+            raise RequestError(
+                f"num_samples must be between 1 and {limits.max_samples_per_request}, got {self.num_samples}"
+            )
+        if self.steps > limits.max_steps:
+            raise RequestError(f"steps must be at most {limits.max_steps} on this server, got {self.steps}")
+        if self.height > limits.max_height or self.width > limits.max_width:
+            raise RequestError(
+                f"height × width must be at most {limits.max_height} × {limits.max_width} on this server, "
+                f"got {self.height} × {self.width}"
+            )
+        for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
+            if len(getattr(self, name)) > limits.max_prompt_chars:
+                raise RequestError(f"{name} is longer than {limits.max_prompt_chars} characters")
+        fields = self.model_dump(exclude={"num_samples", "vocoder", "crop", "outputs", "inline"})
+        return SampleRequest(**fields).expand(self.num_samples)
+
+
+class SampleOut(BaseModel):
+    """One sample: its parameters and seed, and each requested output as base64 or as a URI."""
+
+    sample_id: str
+    index: int
+    seed: int
+    parameters: dict
+    base64: dict[str, str] = Field(default_factory=dict, description="output name → base64 file bytes")
+    uris: dict[str, str] = Field(default_factory=dict, description="output name → URI (when a store is set)")
+
+
+class GenerateResponse(BaseModel):
+    samples: list[SampleOut]
+    timings_s: dict[str, float]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    samples_in_flight: int
+    max_samples_in_flight: int

@@ -1,0 +1,82 @@
+"""The serving app's settings: what `serve run serve.app:build_app` and the YAML configs pass as `args`.
+
+Deployment-level knobs (replicas, autoscaling, `ray_actor_options` such as `num_gpus`, `max_ongoing_requests`,
+`user_config` batch knobs) live in the Serve YAML's `deployments:` list, where Ray Serve applies them; this file
+holds what the code itself reads: models, precision, limits and the output store.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
+
+DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Driver")
+
+
+class ModelPlacement(BaseModel):
+    """Where one deployment's weights come from and how they run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "cpu"  # "cuda" on GPU replicas: Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per replica (None: torch's own)")
+
+
+class Limits(BaseModel):
+    """Hard limits of the HTTP API (requests beyond them get a 422 naming the limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(default=200, ge=1, le=1000)
+    max_samples_per_request: int = Field(default=8, ge=1)
+    max_height: int = Field(default=512, ge=8)
+    max_width: int = Field(default=2048, ge=8)
+    max_prompt_chars: int = Field(default=500, ge=1)
+    max_samples_in_flight: int = Field(default=64, ge=1, description="beyond this, 503 + Retry-After")
+    retry_after_s: int = Field(default=5, ge=1)
+
+
+class Resilience(BaseModel):
+    """How the driver treats a UNet/vocoder call that fails (e.g. its replica died and is being replaced)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_timeout_s: float = Field(default=120.0, gt=0, description="one remote call, queueing included")
+    max_retries: int = Field(default=3, ge=0, description="a step is a pure function of its inputs: safe to retry")
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+
+
+class AppArgs(BaseModel):
+    """The `args` of the Serve application (see serve/config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: ModelPlacement = ModelPlacement(model=DEFAULT_IMAGE_MODEL)
+    audio: ModelPlacement = ModelPlacement(model=DEFAULT_AUDIO_MODEL)
+    vocoder: ModelPlacement | None = Field(
+        default=None, description="the audio VAE + HiFi-GAN; defaults to the audio model's placement"
+    )
+    limits: Limits = Limits()
+    resilience: Resilience = Resilience()
+    output_store: str | None = Field(
+        default=None,
+        description="None: artifacts inline as base64; 'file:///dir': written there and returned as URIs",
+    )
+
+    @property
+    def vocoder_placement(self) -> ModelPlacement:
+        return self.vocoder or self.audio
+
+
+class BatchConfig(BaseModel):
+    """`user_config` of a UNet deployment: Serve batching knobs, changeable at run time (`reconfigure`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=16, ge=1, description="samples per UNet forward (each is 2 CFG rows)")
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)

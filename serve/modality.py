@@ -1,0 +1,122 @@
+"""The UNet deployment: one model's UNet (+ its text encoder, + the image VAE), batched across requests.
+
+One class serves both models (`ImageUNet` and `AudioUNet` are two deployments of it). `predict` takes one request's
+rows for one DDIM step (`imgsound_core.scheduler.ModelInputs`) and `@serve.batch` merges rows of many requests —
+at any step, since every row carries its own timestep — into one classifier-free-guided UNet call. Prompts travel
+as strings and are embedded here, once per prompt per replica (an LRU cache), so no 77×768 tensors cross the
+network at every step. No sampling logic here: that is the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from ray import serve
+
+from imgsound_core.decode import decode_latents
+from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
+from imgsound_core.sampler import predict_guided_eps
+from imgsound_core.scheduler import ModelInputs
+from imgsound_core.text import encode_prompts
+from serve.config import BatchConfig, ModelPlacement
+
+PROMPT_CACHE_SIZE = 4096  # embeddings kept per replica (77×768 fp16 ≈ 118 kB each for the real models)
+
+
+@dataclass(frozen=True)
+class UNetOutput:
+    """One request's guided estimates for one step, and what the UNet forward they came from looked like."""
+
+    eps: torch.Tensor  # (R, C, h, w) float32, CPU
+    batch_samples: int  # samples in the whole forward (its batch is twice that: the CFG pairs)
+    batch_timesteps: int  # distinct timesteps in the forward (> 1: requests at different steps shared it)
+    batch_requests: int  # requests whose rows were merged
+
+
+def count_samples(items: list[ModelInputs]) -> int:
+    """Serve's batch size for UNet work: samples, not calls (one call may carry several samples)."""
+    return sum(len(item) for item in items)
+
+
+class PromptEmbeddings:
+    """An LRU cache of prompt embeddings, computed in one text-encoder call per batch of new prompts."""
+
+    def __init__(self, tokenizer, text_encoder, capacity: int = PROMPT_CACHE_SIZE) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.capacity = capacity
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def get(self, prompts: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self._cache})
+        if missing:
+            for prompt, embedding in zip(missing, encode_prompts(self.tokenizer, self.text_encoder, missing)):
+                self._cache[prompt] = embedding
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+        rows = torch.stack([self._cache[p] for p in prompts])
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return rows
+
+
+@serve.deployment(max_ongoing_requests=64)
+class UNetDeployment:
+    """`role` is "image" or "audio"; `placement` a `ModelPlacement` dict (model, dtype, device, torch_threads)."""
+
+    def __init__(self, role: str, placement: dict[str, Any]) -> None:
+        settings = ModelPlacement.model_validate(placement)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        parts = {"unet", "text"} | ({"vae"} if role == "image" else set())
+        self.role = role
+        self.bundle = load_bundle(
+            settings.model, role, parts=parts, device=parse_device(settings.device), dtype=parse_dtype(settings.dtype)
+        )
+        self.prompts = PromptEmbeddings(self.bundle.tokenizer, self.bundle.text_encoder)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = BatchConfig.model_validate(user_config or {})
+        self.predict.set_max_batch_size(config.max_batch_size)
+        self.predict.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def model_info(self) -> dict[str, Any]:
+        """What the driver needs once: the DDIM scheduler config, the latent channels and provenance."""
+        return {
+            "scheduler_config": self.bundle.scheduler_config,
+            "latent_channels": self.bundle.latent_channels,
+            "model": self.bundle.describe(),
+            "replica_pid": os.getpid(),
+        }
+
+    def _forward(self, items: list[ModelInputs]) -> list[UNetOutput]:
+        latents = torch.cat([item.latents for item in items])  # (N, C, h, w): all requests' rows, one batch
+        timesteps = torch.cat([item.timesteps for item in items])
+        prompts = [p for item in items for p in item.prompts]
+        negatives = [p for item in items for p in item.negatives]
+        guidance = torch.cat([item.guidance_scale for item in items])
+        eps = predict_guided_eps(
+            self.bundle.unet, latents, timesteps, self.prompts.get(prompts), self.prompts.get(negatives), guidance
+        ).cpu()
+        distinct = int(torch.unique(timesteps).numel())
+        outputs, start = [], 0
+        for item in items:
+            outputs.append(UNetOutput(eps[start : start + len(item)], len(latents), distinct, len(items)))
+            start += len(item)
+        return outputs
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=count_samples)
+    async def predict(self, items: list[ModelInputs]) -> list[UNetOutput]:
+        # The forward runs in a worker thread so the replica keeps answering health checks meanwhile.
+        return await asyncio.to_thread(self._forward, items)
+
+    async def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """`(B, C, h, w)` final latents → `(B, 3, H, W)` pictures in [0, 1] (image role only)."""
+        if self.bundle.vae is None:
+            raise ValueError(f"the {self.role} UNet deployment has no VAE")
+        return await asyncio.to_thread(decode_latents, self.bundle.vae, latents)

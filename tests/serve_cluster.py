@@ -1,0 +1,163 @@
+"""A real local Ray cluster running the imgsound Serve app on tiny models, for tests and the serving benchmark.
+
+`ray start --head --num-cpus 2` in a subprocess, then `serve run --non-blocking CONFIG` with a YAML derived from
+serve/config.local.yaml (tiny model paths, a free port): the same commands a user runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _lower(headers) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
+
+
+def http(method: str, url: str, body: Any = None, raw: bytes | None = None, timeout: float = 300):
+    """(status, lower-cased headers, parsed JSON or text) — errors are returned, not raised."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, headers, payload = response.status, _lower(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, headers, payload = error.code, _lower(error.headers), error.read()
+    text = payload.decode("utf-8", errors="replace")
+    try:
+        return status, headers, json.loads(text)
+    except json.JSONDecodeError:
+        return status, headers, text
+
+
+WARM_UP = {
+    "image_prompt": "warm",
+    "audio_prompt": "up",
+    "steps": 1,
+    "image_start_step": 0,
+    "height": 64,
+    "width": 64,
+    "outputs": ["record"],
+}
+
+
+@dataclass
+class ServeCluster:
+    url: str
+    ray_address: str
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+
+
+def cluster_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RAY_USAGE_STATS_ENABLED="0",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",
+        RAY_DEDUP_LOGS="0",
+    )
+    return env
+
+
+def serve_config(
+    models: Path, port: int, overrides: dict[str, Any] | None = None, args: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    config = yaml.safe_load((REPO / "serve" / "config.local.yaml").read_text())
+    config = copy.deepcopy(config)
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["image"]["model"] = str(models / "image")
+    app["args"]["audio"]["model"] = str(models / "audio")
+    for key, value in (overrides or {}).items():
+        app["args"][key] = {**app["args"].get(key, {}), **value}
+    app["args"].update(args or {})
+    return config
+
+
+def start(
+    models: Path,
+    workdir: Path,
+    overrides: dict[str, Any] | None = None,
+    args: dict[str, Any] | None = None,
+    ready_timeout_s: float = 300,
+):
+    """Start Ray and the app; wait until /v1/health answers. Returns a ServeCluster (call .stop())."""
+    env = cluster_env()
+    gcs_port, http_port = free_port(), free_port()
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(gcs_port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    # Ray rewrites a loopback GCS address to the node's own address; "auto" reads the address `ray start` recorded.
+    address = "auto"
+    config_path = workdir / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(serve_config(models, http_port, overrides, args)))
+    cluster = ServeCluster(url=f"http://127.0.0.1:{http_port}", ray_address=address, env=env)
+    try:
+        subprocess.run(
+            [str(BIN / "serve"), "run", "--address", address, "--non-blocking", str(config_path)],
+            env=env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                status, _, _ = http("GET", f"{cluster.url}/v1/health", timeout=5)
+                if status == 200:
+                    # The driver answers before the model replicas are up: one tiny request waits for them all.
+                    status, _, body = http("POST", f"{cluster.url}/v1/generate", WARM_UP, timeout=ready_timeout_s)
+                    if status != 200:
+                        raise RuntimeError(f"warm-up request failed: {status} {body}")
+                    return cluster
+            except OSError:
+                pass
+            time.sleep(2)
+        raise RuntimeError("the Serve app did not become healthy in time")
+    except BaseException:
+        cluster.stop()
+        raise

@@ -1,0 +1,332 @@
+"""The Serve app on a real local Ray (2 CPUs) with tiny models, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from imgsound_core.cli import main as cli_main
+from tests.serve_cluster import http, start
+
+pytestmark = pytest.mark.slow
+
+LIMITS = {"max_samples_in_flight": 24, "max_steps": 200, "max_samples_per_request": 8, "max_prompt_chars": 500}
+
+
+@pytest.fixture(scope="module")
+def service(tiny_models, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("serve")
+    store = (workdir / "store").as_uri()
+    cluster = start(tiny_models, workdir, overrides={"limits": LIMITS}, args={"output_store": store})
+    yield cluster
+    cluster.stop()
+
+
+def generate(service, **body):
+    return http("POST", f"{service.url}/v1/generate", body)
+
+
+def npy(sample) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(sample["base64"]["spectrogram_npy"])))
+
+
+def metric_samples(service, name: str) -> dict[str, float]:
+    """`{label-set + le: value}` of one metric family from /metrics."""
+    status, _, text = http("GET", f"{service.url}/metrics")
+    assert status == 200
+    values = {}
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(\{{[^}}]*\}})? (\S+)$", line)
+        if match:
+            values[match.group(1) or ""] = float(match.group(2))
+    return values
+
+
+def test_health_docs_and_openapi(service):
+    status, _, body = http("GET", f"{service.url}/v1/health")
+    assert status == 200 and body["status"] == "ok"
+    status, _, spec = http("GET", f"{service.url}/openapi.json")
+    assert status == 200 and "/v1/generate" in spec["paths"]
+    status, _, page = http("GET", f"{service.url}/docs")
+    assert status == 200 and "swagger" in page.lower()
+
+
+def test_response_equals_the_cli_also_with_8_other_requests_in_flight(service, tiny_models, tmp_path):
+    params = dict(
+        image_prompt="a painting of castle towers",
+        audio_prompt="bell ringing",
+        steps=6,
+        image_start_step=2,
+        seed=42,
+        audio_weight=0.4,
+    )
+    out = tmp_path / "cli"
+    assert (
+        cli_main(
+            [
+                "generate",
+                "--image-model",
+                str(tiny_models / "image"),
+                "--audio-model",
+                str(tiny_models / "audio"),
+                "--out",
+                str(out),
+                "--image-prompt",
+                params["image_prompt"],
+                "--audio-prompt",
+                params["audio_prompt"],
+                "--steps",
+                "6",
+                "--image-start-step",
+                "2",
+                "--seed",
+                "42",
+                "--audio-weight",
+                "0.4",
+            ]
+        )
+        == 0
+    )
+    expected = np.load(out / "sample_000" / "spectrogram.npy")
+
+    status, _, alone = generate(service, **params, outputs=["spectrogram_npy", "audio", "record"])
+    assert status == 200
+    assert np.abs(npy(alone["samples"][0]) - expected).max() < 1e-4
+    assert alone["samples"][0]["seed"] == 42 and alone["samples"][0]["parameters"]["audio_weight"] == 0.4
+
+    others = [
+        dict(
+            image_prompt=f"other picture {i}",
+            audio_prompt=f"other sound {i}",
+            steps=5 + i,
+            image_start_step=i % 3,
+            seed=i,
+            height=128,
+            width=256,
+            outputs=["record"],
+        )
+        for i in range(8)
+    ]
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        futures = [pool.submit(generate, service, **body) for body in others]
+        time.sleep(0.5)  # the others are mid-way when the request under test arrives
+        target = pool.submit(generate, service, **params, outputs=["spectrogram_npy"])
+        statuses = [f.result()[0] for f in futures]
+        status, _, busy = target.result()
+    assert statuses == [200] * 8
+    assert status == 200
+    assert np.abs(npy(busy["samples"][0]) - expected).max() < 1e-4
+
+
+def test_concurrent_requests_share_unet_forwards_across_steps(service):
+    before_timesteps = metric_samples(service, "imgsound_unet_batch_timesteps_bucket")
+    before_requests = metric_samples(service, "imgsound_unet_batch_requests_bucket")
+    bodies = [
+        dict(
+            image_prompt=f"p{i}",
+            audio_prompt=f"s{i}",
+            steps=8 + 2 * i,
+            image_start_step=0,
+            seed=i,
+            height=64,
+            width=128,
+            outputs=["record"],
+        )
+        for i in range(6)
+    ]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda b: generate(service, **b), bodies))
+    assert [r[0] for r in results] == [200] * 6
+    after_timesteps = metric_samples(service, "imgsound_unet_batch_timesteps_bucket")
+    after_requests = metric_samples(service, "imgsound_unet_batch_requests_bucket")
+
+    def delta_above_one(after, before, model):
+        """Forwards of `model` in this test whose value was > 1 (total count minus the le=1 bucket)."""
+        total = f'{{le="+Inf",model="{model}"}}'
+        ones = f'{{le="1.0",model="{model}"}}'
+        return (after[total] - before.get(total, 0)) - (after[ones] - before.get(ones, 0))
+
+    for model in ("image", "audio"):
+        assert delta_above_one(after_requests, before_requests, model) > 0, f"no {model} forward merged requests"
+        assert delta_above_one(after_timesteps, before_timesteps, model) > 0, f"no {model} forward mixed steps"
+    generated = metric_samples(service, "imgsound_samples_generated_total")
+    assert generated[""] >= 6
+
+
+BAD_INPUTS = [
+    ({"image_prompt": "", "audio_prompt": "bells"}, "image_prompt must not be empty"),
+    ({"image_prompt": "a", "audio_prompt": "   "}, "audio_prompt must not be empty"),
+    ({"image_prompt": "x" * 501, "audio_prompt": "b"}, "longer than 500"),
+    ({"image_prompt": "a", "audio_prompt": "b", "audio_guidance": -1}, "audio_guidance"),
+    ({"image_prompt": "a", "audio_prompt": "b", "steps": 0}, "steps"),
+    ({"image_prompt": "a", "audio_prompt": "b", "steps": 100000}, "steps"),
+    ({"image_prompt": "a", "audio_prompt": "b", "height": 100}, "height"),
+    ({"image_prompt": "a", "audio_prompt": "b", "width": 4096}, "width"),
+    ({"image_prompt": "a", "audio_prompt": "b", "num_samples": 0}, "num_samples"),
+    ({"image_prompt": "a", "audio_prompt": "b", "num_samples": 9}, "num_samples"),
+    ({"image_prompt": "a", "audio_prompt": "b", "audio_weight": 2}, "audio_weight"),
+    ({"image_prompt": "a", "audio_prompt": "b", "image_start_step": 5, "audio_start_step": 5}, "start_step"),
+    ({"image_prompt": "a", "audio_prompt": "b", "vocoder": "wavenet"}, "vocoder"),
+    ({"image_prompt": "a", "audio_prompt": "b", "outputs": ["video"]}, "outputs"),
+    ({"image_prompt": "a", "audio_prompt": "b", "guidance": 3}, "guidance"),
+    ({"audio_prompt": "b"}, "image_prompt"),
+    ({"image_prompt": "a", "audio_prompt": "b", "steps": "many"}, "steps"),
+]
+
+
+@pytest.mark.parametrize("body, message", BAD_INPUTS)
+def test_bad_inputs_get_a_422_that_names_the_problem(service, body, message):
+    status, _, answer = generate(service, **body)
+    assert status == 422
+    assert message in str(answer["detail"])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{bad json",
+        b'{"image_prompt": "a", "audio_prompt": "b", "seed": NaN}',
+        b'{"image_prompt": "a", "audio_prompt": "b", "image_guidance": NaN}',
+        b"[]",
+    ],
+)
+def test_malformed_bodies_get_a_4xx_and_the_service_still_answers(service, raw):
+    status, _, answer = http("POST", f"{service.url}/v1/generate", raw=raw)
+    assert 400 <= status < 500 and "detail" in answer
+    status, _, _ = generate(
+        service,
+        image_prompt="a",
+        audio_prompt="b",
+        steps=1,
+        image_start_step=0,
+        height=64,
+        width=64,
+        outputs=["record"],
+    )
+    assert status == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(service):
+    """24 samples may be in flight; 4 requests of 8 cannot all be admitted at once."""
+    body = dict(
+        image_prompt="q",
+        audio_prompt="q",
+        steps=30,
+        image_start_step=0,
+        num_samples=8,
+        height=64,
+        width=64,
+        outputs=["record"],
+    )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: generate(service, **body), range(4)))
+    statuses = sorted(r[0] for r in results)
+    assert 503 in statuses and 200 in statuses
+    rejected = next(r for r in results if r[0] == 503)
+    assert int(rejected[1]["retry-after"]) >= 1 and "in flight" in rejected[2]["detail"]
+
+
+def test_killing_a_unet_replica_mid_request_is_survived(service):
+    import ray
+
+    ray.init(address=service.ray_address, namespace="serve", logging_level="ERROR")
+    try:
+        outcome: dict = {}
+
+        def long_request():
+            started = time.monotonic()
+            outcome["result"] = generate(
+                service,
+                image_prompt="long",
+                audio_prompt="long",
+                steps=120,
+                image_start_step=0,
+                height=128,
+                width=512,
+                outputs=["record"],
+            )
+            outcome["seconds"] = time.monotonic() - started
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        time.sleep(3)
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "ImageUNet" in a["name"] and a["name"].startswith("SERVE_REPLICA")
+        ]
+        assert names, "no ImageUNet replica found"
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        worker.join(timeout=240)
+        assert not worker.is_alive(), "the request did not finish in bounded time"
+        status, _, body = outcome["result"]
+        assert status == 200 or (status == 503 and "ImageUNet" in body["detail"]), (status, body)
+    finally:
+        ray.shutdown()
+    deadline = time.monotonic() + 180
+    while True:  # the replacement replica takes a while to load its model
+        status, _, body = generate(
+            service,
+            image_prompt="after",
+            audio_prompt="after",
+            steps=2,
+            image_start_step=0,
+            height=64,
+            width=64,
+            outputs=["record"],
+        )
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert status == 200, body
+
+
+def test_output_store_writes_files_and_returns_uris(service):
+    status, _, body = generate(
+        service,
+        image_prompt="a",
+        audio_prompt="b",
+        steps=2,
+        image_start_step=0,
+        height=64,
+        width=256,
+        crop=True,
+        outputs=["image", "audio"],
+    )
+    assert status == 200
+    sample = body["samples"][0]
+    assert set(sample["base64"]) == {"image", "audio"} and set(sample["uris"]) == {"image", "audio"}
+    picture_bytes = base64.b64decode(sample["base64"]["image"])
+    stored = Path(urlparse(sample["uris"]["image"]).path)
+    assert stored.parent.name == sample["sample_id"] and stored.read_bytes() == picture_bytes
+    picture = Image.open(io.BytesIO(picture_bytes))
+    assert picture.size == (224, 64) and picture.mode == "RGB"
+    audio, rate = soundfile.read(Path(urlparse(sample["uris"]["audio"]).path))
+    assert rate == 16000 and audio.shape == ((256 - 32) * 160,)
+
+    status, _, body = generate(
+        service,
+        image_prompt="a",
+        audio_prompt="b",
+        steps=2,
+        image_start_step=0,
+        height=64,
+        width=256,
+        outputs=["record"],
+        inline=False,
+    )
+    assert status == 200 and body["samples"][0]["base64"] == {}
+    record = json.loads(Path(urlparse(body["samples"][0]["uris"]["record"]).path).read_text())
+    assert record["sample_id"] == body["samples"][0]["sample_id"] and record["steps"] == 2
