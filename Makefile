@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints.txt
 MODELS ?= models/tiny
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean serve
 
 install: $(VENV)/.installed
 
@@ -44,3 +44,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) models/tiny .pytest_cache .ruff_cache
+
+# The HTTP service on tiny CPU models (Ctrl-C stops it): http://127.0.0.1:8000/docs
+serve: install
+	$(BIN)/imgsound tiny-models $(MODELS)
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/serve run serve/config.local.yaml

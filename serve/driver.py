@@ -56,6 +56,18 @@ class QueueFull(Exception):
     pass
 
 
+def store_dir(uri: str | None) -> Path | None:
+    """The folder of a `file://` output store (created if needed); None for inline-only serving."""
+    if uri is None:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"output_store must be a file:///absolute/path URI, got {uri!r}")
+    folder = Path(parsed.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(api)
 class Driver:
@@ -227,15 +239,3 @@ class Driver:
     @api.get("/metrics")
     async def metrics(self) -> Response:
         return Response(content=self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def store_dir(uri: str | None) -> Path | None:
-    """The folder of a `file://` output store (created if needed); None for inline-only serving."""
-    if uri is None:
-        return None
-    parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"output_store must be a file:///absolute/path URI, got {uri!r}")
-    folder = Path(parsed.path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -18,7 +18,7 @@ import soundfile
 from PIL import Image
 
 from imgsound_core.cli import main as cli_main
-from tests.serve_cluster import http, start
+from serve.local import http, start
 
 pytestmark = pytest.mark.slow
 

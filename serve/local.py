@@ -1,4 +1,4 @@
-"""A real local Ray cluster running the imgsound Serve app on tiny models, for tests and the serving benchmark.
+"""Start the imgsound Serve app on a real local Ray cluster (used by the tests and the serving benchmark).
 
 `ray start --head --num-cpus 2` in a subprocess, then `serve run --non-blocking CONFIG` with a YAML derived from
 serve/config.local.yaml (tiny model paths, a free port): the same commands a user runs.
