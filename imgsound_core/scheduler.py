@@ -137,10 +137,14 @@ class StepScheduler:
         return len(self._states)
 
     def schedule(self) -> StepPlan:
-        """Gather the next step's batch: the first `max_batch_samples` unfinished samples in arrival order."""
-        states = list(self._states.values())[: self.max_batch_samples]
-        if not states:
+        """Gather the next step's batch: the first `max_batch_samples` unfinished samples in arrival order that
+        share the oldest one's latent shape (the others wait for a later step)."""
+        waiting = list(self._states.values())
+        if not waiting:
             raise RuntimeError("schedule() called with no samples")
+        # One step is one tensor: only samples of the oldest sample's latent shape join it.
+        shape = waiting[0].latents.shape
+        states = [s for s in waiting if s.latents.shape == shape][: self.max_batch_samples]
         latents = torch.stack([s.latents for s in states])  # (B, C, h, w)
         step_index = torch.tensor([s.step_index for s in states], dtype=torch.int64)
         timesteps = torch.stack([s.schedule.timesteps[s.step_index] for s in states])

@@ -9,6 +9,7 @@ sample. Failed remote calls are retried (a step is a pure function of its inputs
 
 import asyncio
 import base64
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from imgsound_core import __version__
@@ -30,6 +31,8 @@ from imgsound_core.scheduler import ModelInputs, StepScheduler
 from serve.api import OUTPUT_FILES, GenerateBody, GenerateResponse, Health, SampleOut
 from serve.config import AppArgs
 from serve.metrics import ServeMetrics
+
+logger = logging.getLogger("ray.serve")
 
 api = FastAPI(
     title="imgsound",
@@ -54,6 +57,10 @@ class ServiceUnavailable(Exception):
 
 class QueueFull(Exception):
     pass
+
+
+class InternalError(Exception):
+    """A deployment raised on this request (a bug, not an outage): 500."""
 
 
 def store_dir(uri: str | None) -> Path | None:
@@ -95,8 +102,13 @@ class Driver:
             response = method.remote(*payload)
             try:
                 return await asyncio.wait_for(response, timeout=resilience.call_timeout_s)
+            except RayTaskError as error:
+                # The deployment's own code raised: retrying the same inputs would raise again.
+                logger.error("%s raised: %s", deployment, error)
+                raise InternalError(f"the {deployment} deployment failed on this request") from None
             except (RayError, TimeoutError) as error:
                 response.cancel()
+                logger.warning("%s call failed (attempt %d): %r", deployment, attempt + 1, error)
                 if attempt == resilience.max_retries:
                     reason = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
                     raise ServiceUnavailable(
@@ -216,6 +228,9 @@ class Driver:
                 content={"detail": str(error)},
                 headers={"Retry-After": str(self.args.limits.retry_after_s)},
             )
+        except InternalError as error:
+            outcome = "internal"
+            return JSONResponse(status_code=500, content={"detail": str(error)})
         except ServiceUnavailable as error:
             outcome = "unavailable"
             return JSONResponse(

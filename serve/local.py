@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -72,9 +73,16 @@ class ServeCluster:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
 
 
+# Ray's token authentication, settled explicitly (Ray ≥ 2.59 turns it on for local clusters when a token exists):
+# every process of one cluster — `ray start`, `serve run`, `ray job submit`, drivers — gets the same token.
+AUTH_TOKEN = secrets.token_hex(32)
+
+
 def cluster_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=AUTH_TOKEN,
         RAY_USAGE_STATS_ENABLED="0",
         HF_HUB_OFFLINE="1",
         PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",

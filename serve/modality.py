@@ -95,6 +95,18 @@ class UNetDeployment:
         }
 
     def _forward(self, items: list[ModelInputs]) -> list[UNetOutput]:
+        """One UNet forward per latent shape present (requests of different sizes cannot share a tensor)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(tuple(item.latents.shape[1:]), []).append(index)
+        outputs: list[UNetOutput | None] = [None] * len(items)
+        for indices in groups.values():
+            group = [items[i] for i in indices]
+            for index, output in zip(indices, self._forward_same_shape(group)):
+                outputs[index] = output
+        return outputs  # type: ignore[return-value]
+
+    def _forward_same_shape(self, items: list[ModelInputs]) -> list[UNetOutput]:
         latents = torch.cat([item.latents for item in items])  # (N, C, h, w): all requests' rows, one batch
         timesteps = torch.cat([item.timesteps for item in items])
         prompts = [p for item in items for p in item.prompts]

@@ -122,3 +122,14 @@ def test_abort_and_validation():
         scheduler.schedule()
     with pytest.raises(ValueError):
         StepScheduler(SD15_SCHEDULER_CONFIG, max_batch_samples=0)
+
+
+def test_samples_of_different_sizes_never_share_a_step():
+    scheduler = StepScheduler(SD15_SCHEDULER_CONFIG, max_batch_samples=4)
+    scheduler.add("small", request(steps=2, image_start_step=0), torch.zeros(SHAPE))
+    scheduler.add("large", request(steps=2, image_start_step=0, height=32, width=32), torch.zeros(4, 4, 4))
+    scheduler.add("small2", request(steps=2, image_start_step=0), torch.zeros(SHAPE))
+    log: list = []
+    done = run(scheduler, log)
+    assert set(done) == {"small", "large", "small2"}
+    assert [p.keys for p in log] == [["small", "small2"]] * 2 + [["large"]] * 2

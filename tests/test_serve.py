@@ -238,9 +238,11 @@ def test_a_full_queue_answers_503_with_retry_after(service):
     assert int(rejected[1]["retry-after"]) >= 1 and "in flight" in rejected[2]["detail"]
 
 
-def test_killing_a_unet_replica_mid_request_is_survived(service):
+def test_killing_a_unet_replica_mid_request_is_survived(service, monkeypatch):
     import ray
 
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # this process joins the cluster as a driver
+        monkeypatch.setenv(key, service.env[key])
     ray.init(address=service.ray_address, namespace="serve", logging_level="ERROR")
     try:
         outcome: dict = {}

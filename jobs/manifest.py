@@ -1,0 +1,98 @@
+"""The manifest: one Parquet row per finished sample — its schema in one place, parts and consolidation.
+
+Workers write `manifest/part-<batch id>.parquet` after the batch's artifacts exist (a row never names a missing
+file); the batch id is a hash of its sample ids, so a retried batch overwrites its own part instead of adding
+duplicates. `consolidate` merges the parts into `manifest.parquet`, one row per sample id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_PREFIX = "manifest/"
+MANIFEST_FILE = "manifest.parquet"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("sweep", pa.string()),
+        pa.field("pair_index", pa.int32()),
+        pa.field("sample_index", pa.int32()),
+        pa.field("image_prompt", pa.string()),
+        pa.field("audio_prompt", pa.string()),
+        pa.field("image_negative", pa.string()),
+        pa.field("audio_negative", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("steps", pa.int32()),
+        pa.field("image_guidance", pa.float64()),
+        pa.field("audio_guidance", pa.float64()),
+        pa.field("image_start_step", pa.int32()),
+        pa.field("audio_start_step", pa.int32()),
+        pa.field("audio_weight", pa.float64()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("vocoder", pa.string()),
+        pa.field("crop", pa.bool_()),
+        pa.field("image_model", pa.string()),
+        pa.field("audio_model", pa.string()),
+        pa.field("image_model_revision", pa.string()),  # the hub commit when loaded from the hub cache, else null
+        pa.field("audio_model_revision", pa.string()),
+        pa.field("dtype", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("image_uri", pa.string()),
+        pa.field("spectrogram_uri", pa.string()),
+        pa.field("spectrogram_npy_uri", pa.string()),
+        pa.field("audio_uri", pa.string()),
+        pa.field("record_uri", pa.string()),
+        pa.field("denoise_s", pa.float64()),
+        pa.field("decode_s", pa.float64()),
+        pa.field("vocode_s", pa.float64()),
+        pa.field("status", pa.string()),
+        pa.field("worker", pa.string()),
+        pa.field("created_utc", pa.string()),
+        pa.field("clip_score", pa.float64()),  # filled by the evaluation step; null until then
+        pa.field("clap_score", pa.float64()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+def batch_part_key(sample_ids: Iterable[str]) -> str:
+    """The part file of a batch: a hash of its sorted sample ids (the same batch → the same file)."""
+    digest = hashlib.sha256("\n".join(sorted(sample_ids)).encode()).hexdigest()[:20]
+    return f"{MANIFEST_PREFIX}part-{digest}.parquet"
+
+
+def table_from_rows(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    missing = [c for c in COLUMNS if any(c not in row for row in rows)]
+    if missing:
+        raise ValueError(f"manifest rows lack columns: {', '.join(missing[:5])}")
+    return pa.Table.from_pylist([{c: row[c] for c in COLUMNS} for row in rows], schema=SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data)).cast(SCHEMA)
+
+
+def consolidate(tables: Iterable[pa.Table]) -> pa.Table:
+    """One row per sample id (the first seen), sorted by (pair_index, sample_index, sample_id)."""
+    tables = [t.cast(SCHEMA) for t in tables]
+    merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    rows = merged.to_pylist()
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row["sample_id"], row)
+    ordered = sorted(unique.values(), key=lambda r: (r["pair_index"], r["sample_index"], r["sample_id"]))
+    return pa.Table.from_pylist(ordered, schema=SCHEMA)

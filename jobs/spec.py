@@ -1,0 +1,154 @@
+"""Sweep specs: a YAML grid of prompt pairs × seeds, validated before any work, expanded purely and stably.
+
+`expand(spec)` gives the same grid points, in the same order, with the same sample ids, every time: the ids are
+the core `SampleRequest` hash over (request, models, vocoder, crop), so a resubmitted sweep recognises finished
+work. No Ray, no storage here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
+from imgsound_core.request import RequestError, SampleRequest
+
+# SampleRequest fields a spec may set under `params` (prompts come from the grid, seeds from `seed`).
+PARAM_FIELDS = tuple(f for f in SampleRequest.field_names() if f not in ("image_prompt", "audio_prompt", "seed"))
+
+
+class SpecError(ValueError):
+    """The spec is invalid; the message names the problem."""
+
+
+class PromptPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    audio: str
+
+
+class Models(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = DEFAULT_IMAGE_MODEL
+    audio: str = DEFAULT_AUDIO_MODEL
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+    device: str = Field(default="auto", description="'auto': cuda when the worker has a GPU, else cpu")
+
+
+class SweepSpec(BaseModel):
+    """A sweep: either `image_prompts` × `audio_prompts` (the full grid) or explicit `pairs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    image_prompts: list[str] | None = None
+    audio_prompts: list[str] | None = None
+    pairs: list[PromptPair] | None = None
+    samples_per_pair: int = Field(default=1, ge=1, le=100_000)
+    seed: int = Field(default=0, ge=0, description="sample k of every pair uses seed + k (the paper's rule)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    models: Models = Models()
+    vocoder: Literal["hifigan", "griffinlim"] = "hifigan"
+    crop: bool = False
+    output: str | None = Field(default=None, description="default output URI; --output overrides")
+    batch_size: int = Field(default=16, ge=1, le=256, description="samples per worker call (one UNet batch)")
+    workers: int | None = Field(default=None, ge=1, description="worker actors; default: one per GPU, else 1")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name must not be empty")
+        return value
+
+    @field_validator("image_prompts", "audio_prompts")
+    @classmethod
+    def _prompts(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("the prompt list is empty")
+            if any(not p.strip() for p in value):
+                raise ValueError("a prompt is empty")
+            if len(set(value)) != len(value):
+                raise ValueError("a prompt is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_or_pairs(self) -> SweepSpec:
+        grid = self.image_prompts is not None or self.audio_prompts is not None
+        if grid and self.pairs is not None:
+            raise ValueError("give either image_prompts × audio_prompts or pairs, not both")
+        if grid and (self.image_prompts is None or self.audio_prompts is None):
+            raise ValueError("a grid needs both image_prompts and audio_prompts")
+        if not grid and not self.pairs:
+            raise ValueError("give image_prompts and audio_prompts, or a non-empty list of pairs")
+        unknown = sorted(set(self.params) - set(PARAM_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown params: {', '.join(unknown)} (allowed: {', '.join(PARAM_FIELDS)})")
+        for image, audio in self.prompt_pairs():
+            SampleRequest(image_prompt=image, audio_prompt=audio, seed=self.seed, **self.params)
+        return self
+
+    def prompt_pairs(self) -> list[tuple[str, str]]:
+        """The pairs in grid order: image-major (image prompt i, then every audio prompt)."""
+        if self.pairs is not None:
+            return [(p.image, p.audio) for p in self.pairs]
+        return [(i, a) for i in self.image_prompts or [] for a in self.audio_prompts or []]
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the request, decides a sample's output: hashed into every sample id."""
+        return {
+            "image_model": self.models.image,
+            "audio_model": self.models.audio,
+            "dtype": self.models.dtype,
+            "vocoder": self.vocoder,
+            "crop": self.crop,
+        }
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    sample_id: str
+    pair_index: int
+    sample_index: int
+    request: SampleRequest
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec file; SpecError with one sentence on any problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise SpecError(f"cannot read the spec {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"the spec {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"the spec {path} must be a YAML mapping")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        message = first["msg"].removeprefix("Value error, ")
+        more = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
+        raise SpecError(f"the spec {path} is invalid: {where}: {message}{more}") from None
+    except RequestError as error:
+        raise SpecError(f"the spec {path} is invalid: params: {error}") from None
+
+
+def expand(spec: SweepSpec) -> list[GridPoint]:
+    """Every grid point, in a stable order: pairs in grid order, then samples 0..samples_per_pair−1."""
+    identity = spec.identity()
+    points = []
+    for pair_index, (image, audio) in enumerate(spec.prompt_pairs()):
+        base = SampleRequest(image_prompt=image, audio_prompt=audio, seed=spec.seed, **spec.params)
+        for sample_index, request in enumerate(base.expand(spec.samples_per_pair)):
+            points.append(GridPoint(request.sample_id(identity), pair_index, sample_index, request))
+    return points

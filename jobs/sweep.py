@@ -1,0 +1,194 @@
+"""`python -m jobs.sweep SPEC --output URI`: a resumable, exactly-once sweep over a prompt-pair grid on Ray.
+
+    ray job submit --working-dir . -- python -m jobs.sweep jobs/specs/paper_table1.yaml --output s3://bucket/run
+    python -m jobs.sweep jobs/specs/tiny.yaml --output results/tiny          # one machine, a local Ray
+
+Before any work: the spec is validated and the store proven writable. Then the grid is expanded (stable ids),
+points already in the manifest are skipped, and the rest is spread in batches over a Ray actor pool (one worker per
+GPU by default) — Ray places the actors across the cluster. At the end the parts are consolidated into
+`URI/manifest.parquet` with exactly one row per grid point. Exit status: 0 done, 1 failed during the run (the
+message says why; resubmitting resumes), 2 bad spec/URI/store before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, consolidate, parquet_bytes, read_parquet_bytes
+from jobs.spec import GridPoint, SpecError, SweepSpec, expand, load_spec
+from jobs.store import Store, StoreError, open_store
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+FORWARDED_ENV = frozenset(
+    {
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_EC2_METADATA_DISABLED",
+        "NO_PROXY",
+        "HF_HUB_OFFLINE",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "IMGSOUND_MODELS_DIR",
+    }
+)
+
+
+class SweepFailed(RuntimeError):
+    pass
+
+
+def finished_ids(store: Store) -> set[str]:
+    """Sample ids already in the manifest (its parts and a consolidated file from an earlier run)."""
+    done: set[str] = set()
+    keys = [k for k in store.list(MANIFEST_PREFIX) if k.endswith(".parquet")]
+    if store.exists(MANIFEST_FILE):
+        keys.append(MANIFEST_FILE)
+    for key in keys:
+        done.update(read_parquet_bytes(store.get_bytes(key)).column("sample_id").to_pylist())
+    return done
+
+
+def point_payload(point: GridPoint) -> dict[str, Any]:
+    return {
+        "sample_id": point.sample_id,
+        "pair_index": point.pair_index,
+        "sample_index": point.sample_index,
+        "request": point.request.to_dict(),
+    }
+
+
+def plan(spec: SweepSpec, store: Store) -> tuple[list[GridPoint], list[list[GridPoint]]]:
+    """All grid points, and the batches of those not finished yet."""
+    points = expand(spec)
+    done = finished_ids(store)
+    remaining = [p for p in points if p.sample_id not in done]
+    batches = [remaining[i : i + spec.batch_size] for i in range(0, len(remaining), spec.batch_size)]
+    return points, batches
+
+
+def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | None, workers: int | None) -> None:
+    import ray
+    from ray.util import ActorPool
+    from tqdm import tqdm
+
+    from jobs.worker import SweepWorker
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0 and spec.models.device != "cpu"
+    count = workers or spec.workers or max(1, gpus if use_gpu else 1)
+    count = min(count, len(batches))
+    # A restarted actor retries its batch: batches are idempotent (same ids → same files, same part).
+    # Workers see the storage settings this process was started with (endpoint, credentials, timeouts), so a
+    # sweep started with `AWS_PROFILE=…`/`AWS_ENDPOINT_URL=…` writes where it was told to on every node.
+    env_vars = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")}
+    remote = ray.remote(
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=1,
+        max_restarts=1,
+        max_task_retries=1,
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+    )(SweepWorker)
+    threads = int(os.environ.get("IMGSOUND_WORKER_THREADS", "0")) or None
+    actors = [remote.remote(spec.model_dump(), output_uri, endpoint_url, threads) for _ in range(count)]
+    pool = ActorPool(actors)
+    total = sum(len(b) for b in batches)
+    with tqdm(total=total, unit="sample", desc=f"sweep {spec.name}", file=sys.stderr, mininterval=1.0) as bar:
+        for result in pool.map_unordered(
+            lambda actor, batch: actor.run.remote([point_payload(p) for p in batch]), batches
+        ):
+            bar.update(len(result["sample_ids"]))
+
+
+def finalize(store: Store, points: list[GridPoint]) -> int:
+    """Consolidate the parts into manifest.parquet; check every grid point has exactly one row."""
+    keys = [k for k in store.list(MANIFEST_PREFIX) if k.endswith(".parquet")]
+    tables = [read_parquet_bytes(store.get_bytes(k)) for k in keys]
+    if store.exists(MANIFEST_FILE):
+        tables.append(read_parquet_bytes(store.get_bytes(MANIFEST_FILE)))
+    wanted = {p.sample_id for p in points}
+    table = consolidate(tables)
+    table = table.filter([sid in wanted for sid in table.column("sample_id").to_pylist()])
+    missing = wanted - set(table.column("sample_id").to_pylist())
+    if missing:
+        raise SweepFailed(f"{len(missing)} grid points have no manifest row; resubmit to generate them")
+    store.put_bytes(MANIFEST_FILE, parquet_bytes(table))
+    return table.num_rows
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("spec", help="sweep spec YAML (see jobs/specs/)")
+    parser.add_argument("--output", default=None, help="s3://bucket/prefix, file:///dir or a folder (default: spec)")
+    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    parser.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else 1)")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--dry-run", action="store_true", help="validate, count what is left, and stop")
+    args = parser.parse_args(argv)
+
+    try:
+        spec = load_spec(args.spec)
+        output = args.output or spec.output
+        if not output:
+            raise SpecError("no output: pass --output URI or set `output:` in the spec")
+        store = open_store(output, endpoint_url=args.endpoint_url)
+        store.check_writable()
+        points, batches = plan(spec, store)
+    except (SpecError, StoreError) as error:
+        print(f"sweep: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    left = sum(len(b) for b in batches)
+    print(
+        f"sweep {spec.name}: {len(points)} grid points, {len(points) - left} already done, {left} to generate "
+        f"→ {store.uri}",
+        file=sys.stderr,
+    )
+    if args.dry_run:
+        return 0
+    started = time.perf_counter()
+    try:
+        if batches:
+            import ray
+
+            ray.init(address=args.address, logging_level="WARNING", log_to_driver=True)
+            run_batches(spec, batches, output, args.endpoint_url, args.workers)
+        rows = finalize(store, points)
+    except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
+        cause = _root_cause(error)
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if isinstance(cause, StoreError):
+            print(
+                f"sweep: error: storage failed: {reason}; finished samples are kept, resubmit to resume",
+                file=sys.stderr,
+            )
+        else:
+            print(f"sweep: error: {type(cause).__name__}: {reason}; resubmit to resume", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"sweep {spec.name}: done, {rows} rows in {store.uri_for(MANIFEST_FILE)} "
+        f"({time.perf_counter() - started:.1f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Sweeps on a real local Ray and a real S3-speaking server (moto, a separate process) with tiny models."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile
+import yaml
+from PIL import Image
+
+from jobs.manifest import COLUMNS
+from jobs.spec import SpecError, expand, load_spec
+from jobs.sweep import main as sweep_main
+from serve.local import cluster_env, free_port
+from tests.s3_server import MotoServer
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """`ray start --head` with the dashboard (the Jobs API) on loopback, as the README shows."""
+    env = cluster_env()
+    dashboard_port = free_port()
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(free_port()),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def write_spec(path: Path, models: Path, **overrides) -> Path:
+    spec = yaml.safe_load((REPO / "jobs" / "specs" / "tiny.yaml").read_text())
+    spec["models"]["image"] = str(models / "image")
+    spec["models"]["audio"] = str(models / "audio")
+    spec.pop("output", None)
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def bucket(s3: MotoServer, name: str):
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=name)
+    return client
+
+
+def sweep_env(s3: MotoServer, ray_cluster, **extra) -> dict[str, str]:
+    env = {**ray_cluster["env"], **s3.env(), "RAY_ADDRESS": "auto", "IMGSOUND_WORKER_THREADS": "1", **extra}
+    return env
+
+
+def wait_for_first_part(process: subprocess.Popen, client, name: str, prefix: str, timeout_s: float = 300) -> None:
+    """Wait until the sweep has written a manifest part (it is mid-way); fail early if it exited."""
+    deadline = time.monotonic() + timeout_s
+    while not object_keys(client, name, prefix):
+        if process.poll() is not None:
+            _, stderr = process.communicate()
+            raise AssertionError(f"the sweep exited early ({process.returncode}): {stderr[-2000:]}")
+        assert time.monotonic() < deadline, "no manifest part appeared"
+        time.sleep(0.5)
+
+
+def run_sweep(spec: Path, output: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.sweep", str(spec), "--output", output],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def manifest(client, name: str, prefix: str) -> pd.DataFrame:
+    data = client.get_object(Bucket=name, Key=f"{prefix}/manifest.parquet")["Body"].read()
+    table = pq.read_table(io.BytesIO(data))
+    assert tuple(table.schema.names) == COLUMNS
+    return table.to_pandas()
+
+
+def object_keys(client, name: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def assert_complete(client, name: str, prefix: str, spec: Path) -> pd.DataFrame:
+    """Exactly one row per grid point; every artifact a row names exists and opens."""
+    frame = manifest(client, name, prefix)
+    expected = {p.sample_id for p in expand(load_spec(spec))}
+    assert len(frame) == len(expected) and set(frame.sample_id) == expected
+    assert frame.sample_id.is_unique and (frame.status == "ok").all()
+    keys = set(object_keys(client, name, f"{prefix}/samples/"))
+    for row in frame.itertuples():
+        for column in ("image_uri", "spectrogram_uri", "spectrogram_npy_uri", "audio_uri", "record_uri"):
+            key = getattr(row, column).removeprefix(f"s3://{name}/")
+            assert key in keys, f"{column} of {row.sample_id} points at a missing object"
+    folders = {k.split("/")[2] for k in keys}
+    assert folders == expected, "artifacts without a manifest row"
+    return frame
+
+
+def test_bad_specs_fail_before_any_work(tmp_path, tiny_models, s3, capsys):
+    good = write_spec(tmp_path / "good.yaml", tiny_models)
+    cases = {
+        "unknown key": ({"guidance": 3}, "guidance"),
+        "empty prompt list": ({"image_prompts": []}, "empty"),
+        "empty prompt": ({"audio_prompts": ["bells", " "]}, "empty"),
+        "unknown param": ({"params": {"stepz": 3}}, "stepz"),
+        "bad param": ({"params": {"steps": 0}}, "steps"),
+        "grid and pairs": ({"pairs": [{"image": "a", "audio": "b"}]}, "not both"),
+    }
+    for label, (overrides, message) in cases.items():
+        spec = write_spec(tmp_path / f"{label}.yaml", tiny_models, **overrides)
+        with pytest.raises(SpecError, match=message):
+            load_spec(spec)
+        assert sweep_main([str(spec), "--output", str(tmp_path / "never")]) == 2, label
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    os.environ.update(s3.env())
+    try:
+        for output, message in (
+            ("gs://bucket/x", "gs://"),
+            ("s3://", "bucket"),
+            ("http://x/y", "http"),
+            ("s3://no-such-bucket/run", "no-such-bucket"),
+        ):
+            assert sweep_main([str(good), "--output", output]) == 2, output
+            assert message in capsys.readouterr().err
+    finally:
+        for key in s3.env():
+            os.environ.pop(key, None)
+
+
+def test_sweep_to_s3_resumes_exactly_once_after_a_kill(tmp_path, tiny_models, s3, ray_cluster):
+    client = bucket(s3, "sweeps")
+    # Slow enough to kill mid-way: full-size samples, one per batch.
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_models,
+        batch_size=1,
+        params={"steps": 12, "image_start_step": 1, "height": 256, "width": 1024},
+    )
+    output = "s3://sweeps/killed"
+    env = sweep_env(s3, ray_cluster)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.sweep", str(spec), "--output", output],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_first_part(process, client, "sweeps", "killed/manifest/")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    parts_before = object_keys(client, "sweeps", "killed/manifest/")
+    assert 1 <= len(parts_before) < 8, "the kill did not land mid-way"
+    assert "killed/manifest.parquet" not in object_keys(client, "sweeps", "killed/")
+
+    resumed = run_sweep(spec, output, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{len(parts_before)} already done" in resumed.stderr
+    frame = assert_complete(client, "sweeps", "killed", spec)
+
+    # Every artifact opens with the usual tools, with the right shapes.
+    row = frame.iloc[0]
+    get = lambda uri: client.get_object(Bucket="sweeps", Key=uri.removeprefix("s3://sweeps/"))["Body"].read()  # noqa: E731
+    assert Image.open(io.BytesIO(get(row.image_uri))).size == (1024, 256)
+    assert np.load(io.BytesIO(get(row.spectrogram_npy_uri))).shape == (256, 1024)
+    audio, rate = soundfile.read(io.BytesIO(get(row.audio_uri)))
+    assert rate == 16000 and audio.shape == (1024 * 160,)
+    assert json.loads(get(row.record_uri))["sample_id"] == row.sample_id
+
+    again = run_sweep(spec, output, env)  # a third submission has nothing left to do
+    assert again.returncode == 0 and "8 already done, 0 to generate" in again.stderr
+    assert len(manifest(client, "sweeps", "killed")) == 8
+
+
+def test_s3_outage_fails_clearly_and_a_resubmit_completes(tmp_path, tiny_models, s3, ray_cluster):
+    client = bucket(s3, "outage")
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_models,
+        batch_size=1,
+        params={"steps": 12, "image_start_step": 1, "height": 256, "width": 1024},
+    )
+    output = "s3://outage/run"
+    env = sweep_env(
+        s3, ray_cluster, IMGSOUND_S3_READ_TIMEOUT_S="2", IMGSOUND_S3_CONNECT_TIMEOUT_S="2", IMGSOUND_S3_MAX_ATTEMPTS="2"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.sweep", str(spec), "--output", output],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_first_part(process, client, "outage", "run/manifest/")
+    s3.pause()
+    try:
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        s3.resume()
+    assert process.returncode == 1
+    assert "storage failed" in stderr and "resubmit" in stderr
+    resumed = run_sweep(spec, output, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_complete(client, "outage", "run", spec)
+
+
+def test_ray_job_submit_runs_a_sweep(tmp_path, tiny_models, ray_cluster):
+    """`ray job submit --working-dir .` against `ray start --head`, to a local folder, readable with pandas."""
+    spec = write_spec(tmp_path / "spec.yaml", tiny_models)
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_cluster["dashboard"],
+            "--working-dir",
+            str(REPO),
+            "--",
+            "python",
+            "-m",
+            "jobs.sweep",
+            str(spec),
+            "--output",
+            str(output),
+        ],
+        env={**ray_cluster["env"], "IMGSOUND_WORKER_THREADS": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "succeeded" in result.stdout.lower()
+    frame = pd.read_parquet(output / "manifest.parquet")
+    assert len(frame) == 8 and frame.sample_id.is_unique
+    for uri in frame.image_uri:
+        assert Image.open(Path(uri.removeprefix("file://"))).size == (256, 64)
