@@ -121,3 +121,20 @@ def test_tiny_vae_downsamples_by_8(tiny_bundles):
     image, _ = tiny_bundles
     assert 2 ** (len(image.vae.config.block_out_channels) - 1) == 8
     assert image.vae.config.scaling_factor == pytest.approx(0.18215)
+
+
+def test_hub_id_finds_a_downloaded_folder_under_imgsound_models_dir(tiny_models, tmp_path, monkeypatch):
+    """Specs keep hub ids (stable sample ids) while a cluster loads `imgsound download` folders from a volume."""
+    from imgsound_core.models.download import write_source_record
+
+    volume = tmp_path / "models"
+    shutil.copytree(tiny_models / "image", volume / "image")
+    write_source_record(volume / "image", "someone/image-model", "abc123")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelNotAvailableError):
+        load_bundle("someone/image-model", "image", parts={"unet"})
+    monkeypatch.setenv("IMGSOUND_MODELS_DIR", str(volume))
+    bundle = load_bundle("someone/image-model", "image", parts={"unet"})
+    assert bundle.path == volume / "image" and bundle.revision == "abc123"
+    with pytest.raises(ModelNotAvailableError):
+        load_bundle("someone/other-model", "image", parts={"unet"})

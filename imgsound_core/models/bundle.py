@@ -108,8 +108,29 @@ def _missing_weights_message(role: str, source: str, why: str) -> str:
     )
 
 
+SOURCE_FILE = "imgsound_source.json"  # written by `imgsound download`: which hub repo and commit a folder holds
+
+
+def find_downloaded(repo_id: str) -> tuple[Path, str | None] | None:
+    """A folder written by `imgsound download` for `repo_id`, searched in `IMGSOUND_MODELS_DIR` (os.pathsep-separated).
+
+    This lets a spec or config keep naming models by hub id (so sample ids stay the same everywhere) while a cluster
+    loads them from a shared volume.
+    """
+    for root in filter(None, os.environ.get("IMGSOUND_MODELS_DIR", "").split(os.pathsep)):
+        for source in sorted(Path(root).glob(f"*/{SOURCE_FILE}")):
+            try:
+                record = json.loads(source.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if record.get("repo_id") == repo_id:
+                return source.parent, record.get("revision")
+    return None
+
+
 def resolve_model_path(source: str | os.PathLike, role: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """A local folder for `source`: the folder itself, or the hub id's snapshot in the local Hugging Face cache.
+    """A local folder for `source`: the folder itself, the hub id's snapshot in the local Hugging Face cache, or a
+    folder that `imgsound download` wrote for that hub id under `IMGSOUND_MODELS_DIR`.
 
     Returns `(path, revision)` where revision is the cached commit hash for a hub id.
     """
@@ -129,6 +150,9 @@ def resolve_model_path(source: str | os.PathLike, role: str, revision: str | Non
 
         snapshot = Path(snapshot_download(text, revision=revision, local_files_only=True))
     except Exception as error:  # noqa: BLE001 - any failure here means the same thing to the user
+        downloaded = find_downloaded(text)
+        if downloaded is not None:
+            return downloaded
         if path.exists():
             raise ModelNotAvailableError(_missing_weights_message(role, text, "it is not a folder")) from error
         raise ModelNotAvailableError(

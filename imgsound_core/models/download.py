@@ -7,10 +7,12 @@ checkpoints or fp16/EMA variants that the hub repos also hold.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from imgsound_core.models.bundle import SOURCE_FILE
 from imgsound_core.models.convert import Conversion, convert_model_dir
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "vocoder")
@@ -55,4 +57,16 @@ def download_model(repo_id: str, target: Path, revision: str | None = None) -> t
         raise RuntimeError(f"{repo_id} has no unet/ weights in the diffusers layout")
     target.mkdir(parents=True, exist_ok=True)
     snapshot_download(repo_id, revision=revision, local_dir=target, allow_patterns=wanted)
-    return target, convert_model_dir(target)
+    conversions = convert_model_dir(target)
+    try:
+        commit = HfApi().model_info(repo_id, revision=revision).sha
+    except Exception:  # noqa: BLE001 - provenance only; the files are complete either way
+        commit = revision
+    write_source_record(target, repo_id, commit)
+    return target, conversions
+
+
+def write_source_record(target: Path, repo_id: str, revision: str | None) -> None:
+    """Record which hub repo (and commit) `target` holds, so `IMGSOUND_MODELS_DIR` lookups find it by id."""
+    record = {"repo_id": repo_id, "revision": revision}
+    (target / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
