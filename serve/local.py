@@ -87,6 +87,8 @@ def cluster_env() -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",
         RAY_DEDUP_LOGS="0",
+        # As in an activated virtualenv: `python` in a Ray job's entrypoint is this environment's interpreter.
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
 
