@@ -285,7 +285,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> None:
     from imgsound_core.models.tiny import write_tiny_models
 
     image, audio = write_tiny_models(args.dir, seed=args.seed)
-    print(f"wrote {image} and {audio}")
+    print(f"wrote {image}, {audio}, {image.parent / 'clip'} and {image.parent / 'clap'}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:

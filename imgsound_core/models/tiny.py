@@ -1,8 +1,9 @@
 """Tiny, deterministic, random-weight models in exactly the real on-disk formats.
 
-`write_tiny_models(DIR)` writes `DIR/image` (the Stable Diffusion 1.5 layout) and `DIR/audio` (the Auffusion
+`write_tiny_models(DIR)` writes `DIR/image` (the Stable Diffusion 1.5 layout), `DIR/audio` (the Auffusion
 layout: the same folders plus `vocoder/config.json` + `vocoder/vocoder.pt`, and the UNet as a pickle `.bin`
-like the published Auffusion checkpoint). The real loaders read them unchanged, so every code path that the
+like the published Auffusion checkpoint), and the scorers' `DIR/clip` (CLIP ViT-B/16's format) and `DIR/clap`
+(CLAP HTSAT-unfused's format). The real loaders read them unchanged, so every code path that the
 real weights take — tokenizer files, configs, safetensors, pickles, weight-normed vocoder checkpoints — runs in
 tests and CI without a model hub.
 
@@ -182,6 +183,96 @@ def _write_one_model(directory: Path, seed: int, unet_as_pickle: bool, with_voco
     _write_model_index(directory, with_vocoder)
 
 
+def write_tiny_clip(directory: Path, seed: int) -> None:
+    """A CLIP model + processor in `openai/clip-vit-base-patch16`'s on-disk format (224-pixel input, CLIP norms)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab_size = write_clip_tokenizer(directory)
+    tokenizer = CLIPTokenizer.from_pretrained(directory)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": TOKENIZER_MAX_LENGTH,
+            "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1,
+            "pad_token_id": vocab_size - 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(directory, safe_serialization=True)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+
+
+def write_tiny_clap(directory: Path, seed: int) -> None:
+    """A CLAP (HTSAT + RoBERTa) model + processor in `laion/clap-htsat-unfused`'s format (48 kHz, 64 mels, 10 s)."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    torch.manual_seed(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for token in ("<s>", "<pad>", "</s>", "<unk>"):
+        vocab[token] = len(vocab)
+    for symbol in _bytes_to_unicode():
+        vocab[symbol] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = RobertaTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
+    features = ClapFeatureExtractor(
+        feature_size=64,
+        sampling_rate=48_000,
+        hop_length=480,
+        max_length_s=10,
+        fft_window_size=1024,
+        truncation="rand_trunc",
+        padding="repeatpad",
+        frequency_min=50,
+        frequency_max=14_000,
+    )
+    config = ClapConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 80,
+            "projection_dim": 16,
+            "pad_token_id": 1,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+        # HTSAT: the last stage's width is patch_embeds_hidden_size · 2^(stages − 1) = hidden_size.
+        audio_config={
+            "hidden_size": 64,
+            "patch_embeds_hidden_size": 8,
+            "depths": [1, 1, 1, 1],
+            "num_attention_heads": [1, 1, 2, 2],
+            "projection_dim": 16,
+            "window_size": 8,
+            "spec_size": 256,
+            "num_mel_bins": 64,
+        },
+        projection_dim=16,
+    )
+    ClapModel(config).save_pretrained(directory, safe_serialization=True)
+    ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(directory)
+
+
 def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
     """Write `directory/image` (SD-1.5 layout) and `directory/audio` (Auffusion layout); return both paths.
 
@@ -194,10 +285,16 @@ def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path
     rng_state = torch.random.get_rng_state()
     paths = []
     try:
-        for name, offset, unet_as_pickle, with_vocoder in (("image", 0, False, False), ("audio", 1, True, True)):
+        writers = {
+            "image": lambda path: _write_one_model(path, seed * 4, unet_as_pickle=False, with_vocoder=False),
+            "audio": lambda path: _write_one_model(path, seed * 4 + 1, unet_as_pickle=True, with_vocoder=True),
+            "clip": lambda path: write_tiny_clip(path, seed * 4 + 2),
+            "clap": lambda path: write_tiny_clap(path, seed * 4 + 3),
+        }
+        for name, write in writers.items():
             staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
             try:
-                _write_one_model(staging, seed * 2 + offset, unet_as_pickle, with_vocoder)
+                write(staging)
                 target = root / name
                 if target.exists():
                     shutil.rmtree(target)
@@ -208,4 +305,4 @@ def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path
             paths.append(root / name)
     finally:
         torch.random.set_rng_state(rng_state)
-    return paths[0], paths[1]
+    return paths[0], paths[1]  # also written: root/clip, root/clap (scorers)

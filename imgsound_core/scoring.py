@@ -1,0 +1,114 @@
+"""CLIP and CLAP scores, computed as the paper's evaluators compute them.
+
+CLIP score (image side): the grayscale spectrogram, repeated to 3 channels, is cut into H×H windows along its
+width at stride H/8 (25 windows for 256×1024, 24 for 256×992); pixels become uint8 by truncation (x·255 cast, as the
+reference code does); each window and the image prompt go through CLIP; the score is
+max(mean over windows of cos(image, text), 0) — in [0, 1] (the paper reports it ×100).
+
+CLAP score (audio side): the waveform is resampled to 48 kHz, peak-normalised (max |x| = 1), and the score is
+max(cos(audio embedding, text embedding), 0).
+
+Models load with transformers' `from_pretrained` from a folder or hub id (the tiny-model writer makes
+real-format random ones). No sampling logic, no storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+CLIP_MODEL_ID = "openai/clip-vit-base-patch16"
+CLAP_MODEL_ID = "laion/clap-htsat-unfused"
+CLAP_SAMPLE_RATE_HZ = 48_000
+WINDOW_STRIDE_DIVISOR = 8  # windows overlap: stride H/8, as in the reference evaluator
+
+
+def spectrogram_windows(spectrogram: torch.Tensor) -> np.ndarray:
+    """`(H, W)` or `(C, H, W)` in [0, 1] → `(N, H, H, 3)` uint8 windows (one window if square).
+
+    The 3 channels are the channel mean repeated (the paper scores the grayscale spectrogram).
+    """
+    gray = spectrogram.float().mean(dim=0) if spectrogram.ndim == 3 else spectrogram.float()
+    height, width = gray.shape
+    if width < height:
+        raise ValueError(f"a spectrogram of {height}×{width} is narrower than one {height}×{height} window")
+    if width == height:
+        windows = gray[None]
+    else:
+        windows = gray.unfold(1, height, height // WINDOW_STRIDE_DIVISOR).permute(1, 0, 2)  # (N, H, H)
+    pixels = (windows * 255).to(torch.uint8)  # truncation, as the reference casts
+    return pixels[..., None].repeat(1, 1, 1, 3).numpy()
+
+
+def _unit(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors / vectors.norm(dim=-1, keepdim=True)
+
+
+def _features(output) -> torch.Tensor:
+    """transformers ≥ 5 returns a model output from get_*_features; older versions a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class ClipScorer:
+    def __init__(self, source: str = CLIP_MODEL_ID, device: str | torch.device = "cpu", batch_size: int = 64) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.processor = CLIPProcessor.from_pretrained(source)
+        self.model = CLIPModel.from_pretrained(source).to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def score(self, spectrograms: Sequence[torch.Tensor], prompts: Sequence[str]) -> list[float]:
+        """One score in [0, 1] per (spectrogram, prompt) pair."""
+        if len(spectrograms) != len(prompts):
+            raise ValueError("one prompt per spectrogram")
+        text = self.processor.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
+        text_embeds = _unit(_features(self.model.get_text_features(**text.to(self.device))))
+        scores = []
+        for index, spectrogram in enumerate(spectrograms):
+            windows = list(spectrogram_windows(spectrogram))
+            embeds = []
+            for start in range(0, len(windows), self.batch_size):
+                pixels = self.processor.image_processor(windows[start : start + self.batch_size], return_tensors="pt")
+                embeds.append(
+                    _features(self.model.get_image_features(pixel_values=pixels.pixel_values.to(self.device)))
+                )
+            image_embeds = _unit(torch.cat(embeds))
+            cosine = (image_embeds @ text_embeds[index]).mean().item()
+            scores.append(max(cosine, 0.0))
+        return scores
+
+
+def prepare_clap_audio(waveform: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """Resample to 48 kHz (librosa's default resampler) and peak-normalise, as the reference evaluator does."""
+    import librosa
+
+    audio = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    if sample_rate_hz != CLAP_SAMPLE_RATE_HZ:
+        audio = librosa.resample(audio, orig_sr=sample_rate_hz, target_sr=CLAP_SAMPLE_RATE_HZ)
+    return librosa.util.normalize(audio).astype(np.float32)
+
+
+class ClapScorer:
+    def __init__(self, source: str = CLAP_MODEL_ID, device: str | torch.device = "cpu") -> None:
+        from transformers import ClapModel, ClapProcessor
+
+        self.processor = ClapProcessor.from_pretrained(source)
+        self.model = ClapModel.from_pretrained(source).to(device).eval()
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def score(self, waveforms: Sequence[np.ndarray], sample_rate_hz: int, prompts: Sequence[str]) -> list[float]:
+        """One score in [0, 1] per (waveform, prompt) pair."""
+        if len(waveforms) != len(prompts):
+            raise ValueError("one prompt per waveform")
+        audio = [prepare_clap_audio(w, sample_rate_hz) for w in waveforms]
+        inputs = self.processor(
+            text=list(prompts), audio=audio, sampling_rate=CLAP_SAMPLE_RATE_HZ, padding=True, return_tensors="pt"
+        ).to(self.device)
+        output = self.model(**inputs)
+        cosine = (_unit(output.audio_embeds) * _unit(output.text_embeds)).sum(dim=-1)
+        return [max(float(c), 0.0) for c in cosine]

@@ -1,0 +1,92 @@
+"""CLIP and CLAP scores on tiny real-format models, against hand computations of the paper's formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgsound_core.scoring import ClapScorer, ClipScorer, prepare_clap_audio, spectrogram_windows
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_models) -> ClipScorer:
+    return ClipScorer(str(tiny_models / "clip"))
+
+
+@pytest.fixture(scope="module")
+def clap(tiny_models) -> ClapScorer:
+    return ClapScorer(str(tiny_models / "clap"))
+
+
+def test_windows_follow_the_reference_evaluator():
+    assert spectrogram_windows(torch.rand(256, 1024)).shape == (25, 256, 256, 3)
+    assert spectrogram_windows(torch.rand(256, 992)).shape == (24, 256, 256, 3)
+    ramp = torch.arange(64).float().repeat(8, 1) / 64  # 8×64: windows start every column
+    windows = spectrogram_windows(ramp)
+    assert windows.shape == (57, 8, 8, 3)
+    assert windows[1, 0, 0, 0] == int(1 / 64 * 255)  # the second window starts one stride (8/8 = 1) in
+    assert spectrogram_windows(torch.full((8, 8), 0.999))[0, 0, 0, 0] == 254  # truncation, not rounding
+    color = torch.rand(3, 8, 16)
+    assert np.array_equal(spectrogram_windows(color), spectrogram_windows(color.mean(dim=0)))
+
+
+def hand_clip_score(scorer: ClipScorer, spectrogram: torch.Tensor, prompt: str) -> float:
+    """Resize each window to 224 (bicubic), scale to [0, 1], CLIP-normalise, embed, mean cosine, floor at 0."""
+    model = scorer.model
+    pixels = []
+    for window in spectrogram_windows(spectrogram):
+        resized = np.asarray(Image.fromarray(window).resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float64)
+        pixels.append(((resized / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1))
+    with torch.inference_mode():
+        image = model.get_image_features(pixel_values=torch.tensor(np.stack(pixels), dtype=torch.float32))
+        tokens = scorer.processor.tokenizer([prompt], padding=True, return_tensors="pt")
+        text = model.get_text_features(**tokens)
+    image = image if isinstance(image, torch.Tensor) else image.pooler_output
+    text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    return max(float(cosine.mean()), 0.0)
+
+
+def test_clip_score_equals_the_hand_computation(clip):
+    generator = torch.Generator().manual_seed(0)
+    spectrograms = [torch.rand(64, 256, generator=generator), torch.rand(3, 64, 64, generator=generator)]
+    prompts = ["a painting of castle towers, grayscale", "dogs"]
+    scores = clip.score(spectrograms, prompts)
+    for spectrogram, prompt, score in zip(spectrograms, prompts, scores):
+        assert score == pytest.approx(hand_clip_score(clip, spectrogram, prompt), abs=1e-4)
+        assert 0.0 <= score <= 1.0
+
+
+def test_clip_scores_are_floored_at_zero(clip):
+    """Over many prompts the random model gives negative raw cosines too; every score is max(raw, 0)."""
+    spectrogram = torch.rand(32, 64, generator=torch.Generator().manual_seed(1))
+    prompts = [f"prompt number {i}" for i in range(16)]
+    scores = clip.score([spectrogram] * len(prompts), prompts)
+    raw = [hand_clip_score(clip, spectrogram, p) for p in prompts]
+    assert scores == pytest.approx(raw, abs=1e-4)
+
+
+def test_clap_audio_is_resampled_to_48k_and_peak_normalised():
+    audio = 0.2 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    prepared = prepare_clap_audio(audio, 16000)
+    assert prepared.shape == (48000,) and np.abs(prepared).max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_clap_score_is_the_cosine_the_reference_reads_from_the_logits(clap):
+    """The reference computes logits_per_audio / exp(logit_scale_a); ours normalises the embeddings itself."""
+    rng = np.random.default_rng(0)
+    waveforms = [rng.normal(0, 0.1, 16000 * 2).astype(np.float32), rng.normal(0, 0.3, 16000).astype(np.float32)]
+    prompts = ["dog barking", "bell ringing"]
+    scores = clap.score(waveforms, 16000, prompts)
+    for waveform, prompt, score in zip(waveforms, prompts, scores):
+        audio = prepare_clap_audio(waveform, 16000)
+        inputs = clap.processor(text=[prompt], audio=[audio], sampling_rate=48000, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            output = clap.model(**inputs)
+            reference = float(output.logits_per_audio[0, 0] / clap.model.logit_scale_a.exp())
+        assert score == pytest.approx(max(reference, 0.0), abs=1e-5)
