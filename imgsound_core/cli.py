@@ -168,7 +168,117 @@ def build_parser() -> argparse.ArgumentParser:
     a2s.add_argument("wav", type=Path)
     a2s.add_argument("out", type=Path, help="output .png")
     a2s.add_argument("--npy", type=Path, default=None, help="also write the float32 [0,1] spectrogram as .npy")
+    score = sub.add_parser(
+        "score",
+        help="CLIP and CLAP scores of generated samples, written into their sample.json",
+        description="Scores every sample folder under DIR (those holding sample.json): CLIP on "
+        "spectrogram.png against the image prompt, CLAP on audio.wav against the audio prompt.",
+    )
+    score.add_argument("dir", type=Path)
+    score.add_argument("--clip-model", default=os.environ.get("IMGSOUND_CLIP_MODEL", "openai/clip-vit-base-patch16"))
+    score.add_argument("--clap-model", default=os.environ.get("IMGSOUND_CLAP_MODEL", "laion/clap-htsat-unfused"))
+    score.add_argument("--device", default="cpu")
+
+    cycle = sub.add_parser(
+        "cycle-check",
+        help="re-encode each sample's audio and compare it with its spectrogram",
+        description="The vocoder cycle check: audio.wav → Auffusion's mel front end → compared "
+        "with spectrogram.png (mean absolute difference and correlation), written into sample.json.",
+    )
+    cycle.add_argument("dir", type=Path)
     return parser
+
+
+def _sample_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise CliError(f"{root} is not a folder")
+    folders = sorted({p.parent for p in root.rglob("sample.json")})
+    if not folders:
+        raise CliError(f"{root} holds no sample folders (none has a sample.json)")
+    return folders
+
+
+def _read_sample(folder: Path):
+    import json
+
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    try:
+        record = json.loads((folder / "sample.json").read_text())
+        with Image.open(folder / "spectrogram.png") as picture:
+            gray = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+        waveform, rate = soundfile.read(folder / "audio.wav", dtype="float32")
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CliError(f"{folder} is not a complete sample folder ({error})") from None
+    return record, gray, waveform, rate
+
+
+def _update_record(folder: Path, record: dict, updates: dict) -> None:
+    import json
+
+    _atomic_write_bytes(
+        folder / "sample.json", (json.dumps({**record, **updates}, indent=2, sort_keys=True) + "\n").encode()
+    )
+
+
+def _summary(name: str, values: list[float]) -> str:
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    margin = 1.96 * array.std() / np.sqrt(len(array)) if len(array) > 1 else 0.0
+    return f"{name} {100 * array.mean():.1f} ± {100 * margin:.1f} (×100, 95% CI, n={len(array)})"
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    import torch
+
+    from imgsound_core.scoring import ClapScorer, ClipScorer
+
+    folders = _sample_dirs(args.dir)
+    try:
+        clip = ClipScorer(args.clip_model, device=args.device)
+        clap = ClapScorer(args.clap_model, device=args.device)
+    except OSError as error:
+        raise CliError(
+            f"a scoring model could not be loaded ({str(error).splitlines()[0][:200]}); pass "
+            f"--clip-model/--clap-model folders (`imgsound tiny-models` writes tiny ones)"
+        ) from None
+    clip_scores, clap_scores = [], []
+    for folder in folders:
+        record, gray, waveform, rate = _read_sample(folder)
+        clip_score = clip.score([torch.from_numpy(gray)], [record["image_prompt"]])[0]
+        clap_score = clap.score([waveform], rate, [record["audio_prompt"]])[0]
+        _update_record(
+            folder,
+            record,
+            {
+                "clip_score": clip_score,
+                "clap_score": clap_score,
+                "scorers": {"clip": args.clip_model, "clap": args.clap_model},
+            },
+        )
+        clip_scores.append(clip_score)
+        clap_scores.append(clap_score)
+        print(f"{folder}: clip {clip_score:.4f} clap {clap_score:.4f}")
+    print(_summary("CLIP", clip_scores))
+    print(_summary("CLAP", clap_scores))
+
+
+def cmd_cycle_check(args: argparse.Namespace) -> None:
+    from imgsound_core.scoring import cycle_consistency
+
+    correlations = []
+    for folder in _sample_dirs(args.dir):
+        record, gray, waveform, rate = _read_sample(folder)
+        if rate != 16000:
+            raise CliError(f"{folder / 'audio.wav'} is {rate} Hz; the cycle check needs the 16 kHz generated audio")
+        result = cycle_consistency(gray, waveform)
+        _update_record(folder, record, {"cycle_check": result})
+        correlations.append(result["correlation"])
+        print(f"{folder}: correlation {result['correlation']:.3f}, mean |Δ| {result['mae']:.3f}")
+    print(f"mean correlation {sum(correlations) / len(correlations):.3f} over {len(correlations)} samples")
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -394,6 +504,8 @@ COMMANDS = {
     "convert": cmd_convert,
     "image-to-audio": cmd_image_to_audio,
     "audio-to-spectrogram": cmd_audio_to_spectrogram,
+    "score": cmd_score,
+    "cycle-check": cmd_cycle_check,
 }
 
 

@@ -112,3 +112,30 @@ class ClapScorer:
         output = self.model(**inputs)
         cosine = (_unit(output.audio_embeds) * _unit(output.text_embeds)).sum(dim=-1)
         return [max(float(c), 0.0) for c in cosine]
+
+
+def cycle_consistency(spectrogram: np.ndarray, waveform: np.ndarray) -> dict[str, float]:
+    """The vocoder cycle check (the paper's Fig. 6): re-encode `waveform` with the mel front end and compare it with
+    the spectrogram it was made from.
+
+    Args:
+        spectrogram: `(H, W)` picture in [0, 1] (row 0 = highest frequency); other heights than 256 are resized.
+        waveform: 16 kHz audio made from it; columns beyond the shorter of the two are ignored.
+    Returns:
+        `{"mae": mean |Δ| in [0, 1] units, "correlation": Pearson r over all bins}`.
+    """
+    from imgsound_core.audio.mel import waveform_to_spectrogram_image
+
+    respectrogram = waveform_to_spectrogram_image(torch.from_numpy(np.ascontiguousarray(waveform, np.float32)))
+    respectrogram = respectrogram.mean(dim=0).numpy()
+    picture = torch.as_tensor(np.asarray(spectrogram, dtype=np.float32))
+    if picture.shape[0] != respectrogram.shape[0]:  # played at 256 mel bins, as the vocoders resize it
+        size = (respectrogram.shape[0], picture.shape[1])
+        picture = torch.nn.functional.interpolate(picture[None, None], size=size, mode="bilinear", align_corners=False)[
+            0, 0
+        ]
+    columns = min(respectrogram.shape[1], picture.shape[1])
+    a = picture.numpy().astype(np.float64)[:, :columns].ravel()
+    b = respectrogram.astype(np.float64)[:, :columns].ravel()
+    correlation = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+    return {"mae": float(np.abs(a - b).mean()), "correlation": correlation}

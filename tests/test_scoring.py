@@ -90,3 +90,73 @@ def test_clap_score_is_the_cosine_the_reference_reads_from_the_logits(clap):
             output = clap.model(**inputs)
             reference = float(output.logits_per_audio[0, 0] / clap.model.logit_scale_a.exp())
         assert score == pytest.approx(max(reference, 0.0), abs=1e-5)
+
+
+def test_cycle_check_separates_a_round_trip_from_a_shuffled_pair():
+    from imgsound_core.audio.griffinlim import griffin_lim
+    from imgsound_core.audio.spectrogram import denormalize_spectrogram
+    from imgsound_core.scoring import cycle_consistency
+
+    rows = torch.arange(256).float()[:, None]
+    columns = torch.arange(200).float()[None, :]
+    pictures = [
+        (0.35 + 0.45 * (torch.sin(rows / 9 + columns / 25) > 0.3)).float(),  # diagonal stripes
+        (0.35 + 0.45 * ((columns // 20) % 2 == 0) * (rows > 128)).float(),  # low-frequency bursts
+    ]
+    audio = [griffin_lim(denormalize_spectrogram(p)) for p in pictures]
+    own = [cycle_consistency(p.numpy(), a)["correlation"] for p, a in zip(pictures, audio)]
+    swapped = [
+        cycle_consistency(pictures[0].numpy(), audio[1])["correlation"],
+        cycle_consistency(pictures[1].numpy(), audio[0])["correlation"],
+    ]
+    assert min(own) > 0.6
+    assert max(swapped) < min(own) - 0.3
+
+
+def test_score_and_cycle_check_commands_write_into_sample_json(tiny_models, tmp_path, capsys):
+    import json
+
+    from imgsound_core.cli import main
+
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "generate",
+                "--image-prompt",
+                "castle",
+                "--audio-prompt",
+                "bells",
+                "--steps",
+                "2",
+                "--image-start-step",
+                "1",
+                "--num-samples",
+                "2",
+                "--height",
+                "64",
+                "--width",
+                "128",
+                "--image-model",
+                str(tiny_models / "image"),
+                "--audio-model",
+                str(tiny_models / "audio"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["score", str(out), "--clip-model", str(tiny_models / "clip"), "--clap-model", str(tiny_models / "clap")])
+        == 0
+    )
+    assert "CLIP" in capsys.readouterr().out
+    assert main(["cycle-check", str(out)]) == 0
+    for folder in ("sample_000", "sample_001"):
+        record = json.loads((out / folder / "sample.json").read_text())
+        assert 0.0 <= record["clip_score"] <= 1.0 and 0.0 <= record["clap_score"] <= 1.0
+        assert set(record["cycle_check"]) == {"mae", "correlation"}
+        assert record["image_prompt"] == "castle"  # the rest of the record is kept
+    assert main(["score", str(tmp_path / "empty")]) == 2
+    assert "not a folder" in capsys.readouterr().err
