@@ -65,7 +65,8 @@ class AppArgs(BaseModel):
     resilience: Resilience = Resilience()
     output_store: str | None = Field(
         default=None,
-        description="None: artifacts inline as base64; 'file:///dir': written there and returned as URIs",
+        description="None: artifacts inline as base64; 'file:///dir', a folder or 's3://bucket/prefix': also "
+        "written there (jobs.store) and returned as URIs",
     )
 
     @property

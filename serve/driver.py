@@ -11,9 +11,7 @@ import asyncio
 import base64
 import logging
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
@@ -24,10 +22,11 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from imgsound_core import __version__
-from imgsound_core.artifacts import render_artifacts, write_sample_dir
+from imgsound_core.artifacts import render_artifacts
 from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import RequestError
 from imgsound_core.scheduler import ModelInputs, StepScheduler
+from jobs.store import Store, StoreError, open_store
 from serve.api import OUTPUT_FILES, GenerateBody, GenerateResponse, Health, SampleOut
 from serve.config import AppArgs
 from serve.metrics import ServeMetrics
@@ -63,16 +62,13 @@ class InternalError(Exception):
     """A deployment raised on this request (a bug, not an outage): 500."""
 
 
-def store_dir(uri: str | None) -> Path | None:
-    """The folder of a `file://` output store (created if needed); None for inline-only serving."""
+def open_output_store(uri: str | None) -> Store | None:
+    """The output store (`file:///dir`, a folder, or `s3://bucket/prefix`); None for inline-only serving."""
     if uri is None:
         return None
-    parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"output_store must be a file:///absolute/path URI, got {uri!r}")
-    folder = Path(parsed.path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    store = open_store(uri)
+    store.check_writable()  # fail at start-up, not on the first request
+    return store
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -92,7 +88,7 @@ class Driver:
         self.metrics = ServeMetrics()
         self.samples_in_flight = 0
         self._model_info: dict[str, Any] | None = None
-        self.store_dir = store_dir(self.args.output_store)
+        self.store = open_output_store(self.args.output_store)
 
     # ---- remote calls -------------------------------------------------------------------------------------
     async def _call(self, deployment: str, method, *payload):
@@ -201,11 +197,14 @@ class Driver:
             artifacts = render_artifacts(images[index], spectrograms[index], waveforms[index], record, crop=body.crop)
             out = SampleOut(sample_id=sample_id, index=index, seed=request.seed, parameters=record)
             wanted = {OUTPUT_FILES[name]: name for name in body.outputs}
-            if self.store_dir is not None:
-                # The id hashes everything that decides the sample, so an existing folder holds the same sample.
-                folder = write_sample_dir(self.store_dir / sample_id, artifacts, overwrite=True)
-                out.uris = {name: (folder / file).resolve().as_uri() for file, name in wanted.items()}
-            if body.inline or self.store_dir is None:
+            if self.store is not None:
+                # The id hashes everything that decides the sample, so an existing folder holds the same sample;
+                # sample.json goes last, so a folder with one is complete.
+                for file in sorted(artifacts, key=lambda name: name == "sample.json"):
+                    uri = await asyncio.to_thread(self.store.put_bytes, f"{sample_id}/{file}", artifacts[file])
+                    if file in wanted:
+                        out.uris[wanted[file]] = uri
+            if body.inline or self.store is None:
                 out.base64 = {name: base64.b64encode(artifacts[file]).decode("ascii") for file, name in wanted.items()}
             samples.append(out)
         self.metrics.samples_generated.inc(len(samples))
@@ -226,6 +225,13 @@ class Driver:
             return JSONResponse(
                 status_code=503,
                 content={"detail": str(error)},
+                headers={"Retry-After": str(self.args.limits.retry_after_s)},
+            )
+        except StoreError as error:
+            outcome = "store_unavailable"
+            return JSONResponse(
+                status_code=503,
+                content={"detail": f"the output store failed: {error}"},
                 headers={"Retry-After": str(self.args.limits.retry_after_s)},
             )
         except InternalError as error:
