@@ -38,34 +38,50 @@ def sd15_bundle(role: str, device: torch.device, dtype: torch.dtype, seed: int) 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from imgsound_core.models.tiny import SD15_SCHEDULER_CONFIG, write_clip_tokenizer
+    from imgsound_core.models.tiny import SD15_SCHEDULER_CONFIG, build_seeded, write_clip_tokenizer
 
     tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     vocab_size = write_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    with torch.device(device):  # initialise on the device: random init of 860M parameters is slow on a CPU
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD-1.5's
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        text_config = CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
-        text = CLIPTextModel(text_config)
+    text_config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+    def on_device(factory):
+        def build():
+            with torch.device(device):  # initialise on the device: random init of 860M parameters is slow on a CPU
+                return factory()
+
+        return build
+
+    unet = build_seeded(
+        on_device(lambda: UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)),
+        seed,
+        device,
+    )  # SD-1.5's UNet config
+    vae = build_seeded(
+        on_device(
+            lambda: AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2,
+                latent_channels=4,
+                sample_size=512,
+            )
+        ),
+        seed + 1,
+        device,
+    )
+    text = build_seeded(on_device(lambda: CLIPTextModel(text_config)), seed + 2, device)
     unet, vae, text = (m.to(dtype=dtype).eval().requires_grad_(False) for m in (unet, vae, text))
     return ModelBundle(
         role=role,
@@ -138,7 +154,7 @@ def main() -> None:
         audio = load_bundle(root / "audio", "audio", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
     else:
         image = sd15_bundle("image", device, dtype, seed=0)
-        audio = sd15_bundle("audio", device, dtype, seed=1)
+        audio = sd15_bundle("audio", device, dtype, seed=10)
 
     results: list[dict] = []
 

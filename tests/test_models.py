@@ -138,3 +138,21 @@ def test_hub_id_finds_a_downloaded_folder_under_imgsound_models_dir(tiny_models,
     assert bundle.path == volume / "image" and bundle.revision == "abc123"
     with pytest.raises(ModelNotAvailableError):
         load_bundle("someone/other-model", "image", parts={"unet"})
+
+
+def test_tiny_models_never_touch_the_global_rng(tmp_path):
+    """Weights come from each model's own generator: the caller's RNG stream is exactly as it was."""
+    from imgsound_core.models.tiny import build_seeded
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    first = build_seeded(lambda: torch.nn.Linear(4, 3), seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    second = build_seeded(lambda: torch.nn.Linear(4, 3), seed=5)
+    assert torch.equal(first.weight, second.weight) and torch.equal(first.bias, second.bias)
+    assert first.weight.abs().max() <= 0.5  # ±1/√fan_in, fan_in = 4
+    other = build_seeded(lambda: torch.nn.Linear(4, 3), seed=6)
+    assert not torch.equal(first.weight, other.weight)
+    norm = build_seeded(lambda: torch.nn.LayerNorm(4), seed=5)
+    assert torch.equal(norm.weight, torch.ones(4)) and torch.equal(norm.bias, torch.zeros(4))  # constants kept

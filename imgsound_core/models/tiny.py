@@ -17,9 +17,11 @@ Random weights say nothing about pictures or sounds; they exercise shapes, dtype
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +47,31 @@ SD15_SCHEDULER_CONFIG: dict = {
 TEXT_HIDDEN_SIZE = 32
 TOKENIZER_MAX_LENGTH = 77  # CLIP's context length, as in both real models
 VAE_SCALING_FACTOR = 0.18215  # SD-1.5's; Auffusion inherits it
+
+
+def build_seeded(factory: Callable[[], torch.nn.Module], seed: int, device: str | torch.device = "cpu"):
+    """Build a model with `factory`, then give it weights drawn from its own generator seeded `seed`.
+
+    diffusers and transformers initialise from the global RNG; that draw is made inside `fork_rng`, so the
+    caller's RNG state is left as it was, and then replaced. Constant initialisations (norm scales of 1, zero
+    biases) are kept; every other parameter is redrawn uniformly in ±1/√fan_in — the scale of PyTorch's default
+    Linear/Conv initialisation — in the module's parameter order, so the same seed gives the same weights.
+    """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = factory()
+    generators: dict[torch.device, torch.Generator] = {}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.numel() == 0 or bool((parameter == parameter.flatten()[0]).all()):
+                continue
+            generator = generators.setdefault(
+                parameter.device, torch.Generator(device=parameter.device).manual_seed(seed)
+            )
+            fan_in = parameter[0].numel() if parameter.ndim > 1 else parameter.numel()
+            noise = torch.rand(parameter.shape, generator=generator, device=parameter.device)
+            parameter.copy_((2 * noise - 1) / math.sqrt(fan_in))
+    return model
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -150,7 +177,8 @@ def _tiny_text_encoder(vocab_size: int):
     return CLIPTextModel(config)
 
 
-def _write_model_index(directory: Path, with_vocoder: bool) -> None:
+def _write_model_index(directory: Path) -> None:
+    """model_index.json; the vocoder folder is not a pipeline component (as in the published Auffusion repo)."""
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
@@ -164,30 +192,28 @@ def _write_model_index(directory: Path, with_vocoder: bool) -> None:
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (directory / "model_index.json").write_text(json.dumps(index, indent=2))
-    del with_vocoder  # the vocoder folder is not a pipeline component (as in the published Auffusion repo)
 
 
 def _write_one_model(directory: Path, seed: int, unet_as_pickle: bool, with_vocoder: bool) -> None:
     """Write one complete model folder; `seed` fixes every random weight."""
-    torch.manual_seed(seed)  # diffusers/transformers initialise from the global RNG; it is restored by the caller
     vocab_size = write_clip_tokenizer(directory / "tokenizer")
-    _tiny_text_encoder(vocab_size).save_pretrained(directory / "text_encoder", safe_serialization=True)
-    unet = _tiny_unet()
+    text_encoder = build_seeded(lambda: _tiny_text_encoder(vocab_size), seed)
+    text_encoder.save_pretrained(directory / "text_encoder", safe_serialization=True)
+    unet = build_seeded(_tiny_unet, seed + 1)
     unet.save_pretrained(directory / "unet", safe_serialization=not unet_as_pickle)
-    _tiny_vae().save_pretrained(directory / "vae", safe_serialization=True)
+    build_seeded(_tiny_vae, seed + 2).save_pretrained(directory / "vae", safe_serialization=True)
     (directory / "scheduler").mkdir(parents=True, exist_ok=True)
     (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG, indent=2))
     if with_vocoder:
         config = tiny_hifigan_config()
-        save_hifigan(Generator(config), config, directory / "vocoder")
-    _write_model_index(directory, with_vocoder)
+        save_hifigan(build_seeded(lambda: Generator(config), seed + 3), config, directory / "vocoder")
+    _write_model_index(directory)
 
 
 def write_tiny_clip(directory: Path, seed: int) -> None:
     """A CLIP model + processor in `openai/clip-vit-base-patch16`'s on-disk format (224-pixel input, CLIP norms)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    torch.manual_seed(seed)
     vocab_size = write_clip_tokenizer(directory)
     tokenizer = CLIPTokenizer.from_pretrained(directory)
     config = CLIPConfig(
@@ -212,7 +238,7 @@ def write_tiny_clip(directory: Path, seed: int) -> None:
         },
         projection_dim=16,
     )
-    CLIPModel(config).save_pretrained(directory, safe_serialization=True)
+    build_seeded(lambda: CLIPModel(config), seed).save_pretrained(directory, safe_serialization=True)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
 
@@ -221,7 +247,6 @@ def write_tiny_clap(directory: Path, seed: int) -> None:
     """A CLAP (HTSAT + RoBERTa) model + processor in `laion/clap-htsat-unfused`'s format (48 kHz, 64 mels, 10 s)."""
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
-    torch.manual_seed(seed)
     directory.mkdir(parents=True, exist_ok=True)
     vocab: dict[str, int] = {}
     for token in ("<s>", "<pad>", "</s>", "<unk>"):
@@ -269,7 +294,7 @@ def write_tiny_clap(directory: Path, seed: int) -> None:
         },
         projection_dim=16,
     )
-    ClapModel(config).save_pretrained(directory, safe_serialization=True)
+    build_seeded(lambda: ClapModel(config), seed).save_pretrained(directory, safe_serialization=True)
     ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(directory)
 
 
@@ -282,27 +307,24 @@ def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    rng_state = torch.random.get_rng_state()
+    # Seeds 10 apart: each model draws its parts from seed, seed + 1, … (see _write_one_model).
+    writers = {
+        "image": lambda path: _write_one_model(path, seed * 40, unet_as_pickle=False, with_vocoder=False),
+        "audio": lambda path: _write_one_model(path, seed * 40 + 10, unet_as_pickle=True, with_vocoder=True),
+        "clip": lambda path: write_tiny_clip(path, seed * 40 + 20),
+        "clap": lambda path: write_tiny_clap(path, seed * 40 + 30),
+    }
     paths = []
-    try:
-        writers = {
-            "image": lambda path: _write_one_model(path, seed * 4, unet_as_pickle=False, with_vocoder=False),
-            "audio": lambda path: _write_one_model(path, seed * 4 + 1, unet_as_pickle=True, with_vocoder=True),
-            "clip": lambda path: write_tiny_clip(path, seed * 4 + 2),
-            "clap": lambda path: write_tiny_clap(path, seed * 4 + 3),
-        }
-        for name, write in writers.items():
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-            try:
-                write(staging)
-                target = root / name
-                if target.exists():
-                    shutil.rmtree(target)
-                os.replace(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            paths.append(root / name)
-    finally:
-        torch.random.set_rng_state(rng_state)
+    for name, write in writers.items():
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            write(staging)
+            target = root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        paths.append(root / name)
     return paths[0], paths[1]  # also written: root/clip, root/clap (scorers)
