@@ -52,6 +52,7 @@ def _add_model_args(parser: argparse.ArgumentParser, image: bool = True, audio: 
 
 def build_parser() -> argparse.ArgumentParser:
     from imgsound_core.request import SampleRequest
+    from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
 
     defaults = SampleRequest(image_prompt="-", audio_prompt="-")
     parser = argparse.ArgumentParser(
@@ -175,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         "spectrogram.png against the image prompt, CLAP on audio.wav against the audio prompt.",
     )
     score.add_argument("dir", type=Path)
-    score.add_argument("--clip-model", default=os.environ.get("IMGSOUND_CLIP_MODEL", "openai/clip-vit-base-patch16"))
-    score.add_argument("--clap-model", default=os.environ.get("IMGSOUND_CLAP_MODEL", "laion/clap-htsat-unfused"))
+    score.add_argument("--clip-model", default=os.environ.get("IMGSOUND_CLIP_MODEL", CLIP_MODEL_ID))
+    score.add_argument("--clap-model", default=os.environ.get("IMGSOUND_CLAP_MODEL", CLAP_MODEL_ID))
     score.add_argument("--device", default="cpu")
 
     cycle = sub.add_parser(
@@ -326,7 +327,6 @@ def _versions() -> dict[str, str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import torch
     from tqdm import tqdm
 
     from imgsound_core.artifacts import render_artifacts, write_sample_dir
@@ -388,7 +388,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
             artifacts = render_artifacts(result.image, result.spectrogram, result.waveform, record, crop=args.crop)
             write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
-    del torch
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:

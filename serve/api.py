@@ -5,12 +5,16 @@ Field names and defaults are the core `SampleRequest`'s (the paper's defaults); 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from imgsound_core.request import RequestError, SampleRequest
 from serve.config import Limits
+
+# The paper's defaults live in one place: the core request type.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SampleRequest)}
 
 OutputName = Literal["image", "spectrogram", "spectrogram_npy", "audio", "record"]
 ALL_OUTPUTS: tuple[str, ...] = ("image", "spectrogram", "spectrogram_npy", "audio", "record")
@@ -31,18 +35,18 @@ class GenerateBody(BaseModel):
 
     image_prompt: str = Field(description="what the spectrogram should look like")
     audio_prompt: str = Field(description="what it should sound like")
-    image_negative: str = ""
-    audio_negative: str = ""
-    steps: int = 100
-    image_guidance: float = 10.0
-    audio_guidance: float = 10.0
-    image_start_step: int = 10
-    audio_start_step: int = 0
-    audio_weight: float = 0.5
-    seed: int = 0
+    image_negative: str = DEFAULTS["image_negative"]
+    audio_negative: str = DEFAULTS["audio_negative"]
+    steps: int = DEFAULTS["steps"]
+    image_guidance: float = DEFAULTS["image_guidance"]
+    audio_guidance: float = DEFAULTS["audio_guidance"]
+    image_start_step: int = DEFAULTS["image_start_step"]
+    audio_start_step: int = DEFAULTS["audio_start_step"]
+    audio_weight: float = DEFAULTS["audio_weight"]
+    seed: int = DEFAULTS["seed"]
     num_samples: int = 1
-    height: int = 256
-    width: int = 1024
+    height: int = DEFAULTS["height"]
+    width: int = DEFAULTS["width"]
     vocoder: Literal["hifigan", "griffinlim"] = "hifigan"
     crop: bool = Field(default=False, description="drop the last 32 columns of pictures and audio")
     outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS))
