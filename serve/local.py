@@ -70,7 +70,7 @@ class ServeCluster:
     env: dict[str, str]
 
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        stop_ray(self.env)
 
 
 # Ray's token authentication, settled explicitly (Ray ≥ 2.59 turns it on for local clusters when a token exists):
@@ -91,6 +91,25 @@ def cluster_env() -> dict[str, str]:
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
+
+
+def stop_ray(env: dict[str, str]) -> None:
+    """`ray stop --force`: ends every Ray process of this machine."""
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def start_ray_head(env: dict[str, str], *extra_args: str) -> None:
+    """A fresh `ray start --head` with 2 CPUs on a free port (after stopping any Ray left running)."""
+    stop_ray(env)
+    command = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(free_port())]
+    subprocess.run(
+        [*command, "--disable-usage-stats", *extra_args],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def serve_config(
@@ -117,29 +136,8 @@ def start(
 ):
     """Start Ray and the app; wait until /v1/health answers. Returns a ServeCluster (call .stop())."""
     env = cluster_env()
-    gcs_port, http_port = free_port(), free_port()
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    subprocess.run(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--num-cpus",
-            "2",
-            "--port",
-            str(gcs_port),
-            "--node-ip-address",
-            "127.0.0.1",
-            "--include-dashboard",
-            "false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
+    http_port = free_port()
+    start_ray_head(env, "--node-ip-address", "127.0.0.1", "--include-dashboard", "false")
     # Ray rewrites a loopback GCS address to the node's own address; "auto" reads the address `ray start` recorded.
     address = "auto"
     config_path = workdir / "serve.yaml"

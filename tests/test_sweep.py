@@ -23,7 +23,7 @@ from PIL import Image
 from jobs.manifest import COLUMNS
 from jobs.spec import SpecError, expand, load_spec
 from jobs.sweep import main as sweep_main
-from serve.local import cluster_env, free_port
+from serve.local import cluster_env, free_port, start_ray_head, stop_ray
 from tests.s3_server import MotoServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,30 +44,9 @@ def ray_cluster():
     """`ray start --head` with the dashboard (the Jobs API) on loopback, as the README shows."""
     env = cluster_env()
     dashboard_port = free_port()
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    subprocess.run(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--num-cpus",
-            "2",
-            "--port",
-            str(free_port()),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard_port),
-            "--disable-usage-stats",
-        ],
-        env=env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
+    start_ray_head(env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port))
     yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_ray(env)
 
 
 def write_spec(path: Path, models: Path, **overrides) -> Path:
@@ -95,6 +74,27 @@ def bucket(s3: MotoServer, name: str):
 def sweep_env(s3: MotoServer, ray_cluster, **extra) -> dict[str, str]:
     env = {**ray_cluster["env"], **s3.env(), "RAY_ADDRESS": "auto", "IMGSOUND_WORKER_THREADS": "1", **extra}
     return env
+
+
+def write_slow_spec(path: Path, models: Path) -> Path:
+    """Slow enough to interrupt mid-way: full-size samples, one per batch (so 8 manifest parts)."""
+    return write_spec(
+        path, models, batch_size=1, params={"steps": 12, "image_start_step": 1, "height": 256, "width": 1024}
+    )
+
+
+def start_sweep_mid_way(spec: Path, output: str, env: dict[str, str], client, name: str, prefix: str):
+    """Start `python -m jobs.sweep` in the background and return once it has written its first manifest part."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.sweep", str(spec), "--output", output],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_first_part(process, client, name, prefix)
+    return process
 
 
 def wait_for_first_part(process: subprocess.Popen, client, name: str, prefix: str, timeout_s: float = 300) -> None:
@@ -181,24 +181,10 @@ def test_bad_specs_fail_before_any_work(tmp_path, tiny_models, s3, capsys):
 
 def test_sweep_to_s3_resumes_exactly_once_after_a_kill(tmp_path, tiny_models, s3, ray_cluster):
     client = bucket(s3, "sweeps")
-    # Slow enough to kill mid-way: full-size samples, one per batch.
-    spec = write_spec(
-        tmp_path / "spec.yaml",
-        tiny_models,
-        batch_size=1,
-        params={"steps": 12, "image_start_step": 1, "height": 256, "width": 1024},
-    )
+    spec = write_slow_spec(tmp_path / "spec.yaml", tiny_models)
     output = "s3://sweeps/killed"
     env = sweep_env(s3, ray_cluster)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.sweep", str(spec), "--output", output],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_first_part(process, client, "sweeps", "killed/manifest/")
+    process = start_sweep_mid_way(spec, output, env, client, "sweeps", "killed/manifest/")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     parts_before = object_keys(client, "sweeps", "killed/manifest/")
@@ -226,25 +212,12 @@ def test_sweep_to_s3_resumes_exactly_once_after_a_kill(tmp_path, tiny_models, s3
 
 def test_s3_outage_fails_clearly_and_a_resubmit_completes(tmp_path, tiny_models, s3, ray_cluster):
     client = bucket(s3, "outage")
-    spec = write_spec(
-        tmp_path / "spec.yaml",
-        tiny_models,
-        batch_size=1,
-        params={"steps": 12, "image_start_step": 1, "height": 256, "width": 1024},
-    )
+    spec = write_slow_spec(tmp_path / "spec.yaml", tiny_models)
     output = "s3://outage/run"
     env = sweep_env(
         s3, ray_cluster, IMGSOUND_S3_READ_TIMEOUT_S="2", IMGSOUND_S3_CONNECT_TIMEOUT_S="2", IMGSOUND_S3_MAX_ATTEMPTS="2"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.sweep", str(spec), "--output", output],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_first_part(process, client, "outage", "run/manifest/")
+    process = start_sweep_mid_way(spec, output, env, client, "outage", "run/manifest/")
     s3.pause()
     try:
         _, stderr = process.communicate(timeout=240)
