@@ -56,8 +56,11 @@ SCHEMA = pa.schema(
         pa.field("status", pa.string()),
         pa.field("worker", pa.string()),
         pa.field("created_utc", pa.string()),
-        pa.field("clip_score", pa.float64()),  # filled by the evaluation step; null until then
+        # Filled by the sweep's scoring stage (jobs/score.py); null until then.
+        pa.field("clip_score", pa.float64()),
         pa.field("clap_score", pa.float64()),
+        pa.field("cycle_mae", pa.float64()),  # the vocoder cycle check: audio → mel front end vs the spectrogram
+        pa.field("cycle_correlation", pa.float64()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -82,13 +85,23 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """`table` in SCHEMA's column order and types; nullable columns it lacks (written before they existed) → null."""
+    for field in SCHEMA:
+        if field.name not in table.column_names:
+            if not field.nullable:
+                raise ValueError(f"manifest table lacks the column {field.name}")
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(list(COLUMNS)).cast(SCHEMA)
+
+
 def read_parquet_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data)).cast(SCHEMA)
+    return conform(pq.read_table(io.BytesIO(data)))
 
 
 def consolidate(tables: Iterable[pa.Table]) -> pa.Table:
     """One row per sample id (the first seen), sorted by (pair_index, sample_index, sample_id)."""
-    tables = [t.cast(SCHEMA) for t in tables]
+    tables = [conform(t) for t in tables]
     merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     rows = merged.to_pylist()
     unique: dict[str, dict[str, Any]] = {}

@@ -124,4 +124,6 @@ class SweepWorker:
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "clip_score": None,
             "clap_score": None,
+            "cycle_mae": None,
+            "cycle_correlation": None,
         }
