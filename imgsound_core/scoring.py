@@ -139,3 +139,68 @@ def cycle_consistency(spectrogram: np.ndarray, waveform: np.ndarray) -> dict[str
     b = respectrogram.astype(np.float64)[:, :columns].ravel()
     correlation = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
     return {"mae": float(np.abs(a - b).mean()), "correlation": correlation}
+
+
+def decode_spectrogram_png(data: bytes) -> np.ndarray:
+    """`spectrogram.png` bytes → `(H, W)` float32 gray in [0, 1] (k/255, as the reference evaluator reads it)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as picture:
+        return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """`audio.wav` bytes → `((N,) float32 mono, sample rate)`."""
+    import io
+
+    import soundfile
+
+    waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return waveform.mean(axis=1), int(rate)
+
+
+class SampleScorer:
+    """CLIP, CLAP and the cycle check of generated samples, in batches: what a sweep's scoring stage computes.
+
+    Each sample: its spectrogram picture `(H, W)` in [0, 1], its audio, the image prompt (CLIP side) and the audio
+    prompt (CLAP side). The cycle check needs the 16 kHz generated audio; other rates give null cycle columns.
+    """
+
+    def __init__(
+        self, clip_model: str = CLIP_MODEL_ID, clap_model: str = CLAP_MODEL_ID, device: str | torch.device = "cpu"
+    ) -> None:
+        self.clip = ClipScorer(clip_model, device=device)
+        self.clap = ClapScorer(clap_model, device=device)
+
+    def score(
+        self,
+        spectrograms: Sequence[np.ndarray],
+        waveforms: Sequence[np.ndarray],
+        sample_rate_hz: int,
+        image_prompts: Sequence[str],
+        audio_prompts: Sequence[str],
+        cycle: bool = True,
+    ) -> list[dict[str, float | None]]:
+        """One `{clip_score, clap_score, cycle_mae, cycle_correlation}` per sample (cycle columns None if off)."""
+        from imgsound_core.audio.mel import SAMPLE_RATE_HZ
+
+        clip_scores = self.clip.score([torch.from_numpy(s) for s in spectrograms], image_prompts)
+        clap_scores = self.clap.score(list(waveforms), sample_rate_hz, audio_prompts)
+        rows = []
+        for spectrogram, waveform, clip_score, clap_score in zip(spectrograms, waveforms, clip_scores, clap_scores):
+            check = (
+                cycle_consistency(spectrogram, waveform)
+                if cycle and sample_rate_hz == SAMPLE_RATE_HZ
+                else {"mae": None, "correlation": None}
+            )
+            rows.append(
+                {
+                    "clip_score": clip_score,
+                    "clap_score": clap_score,
+                    "cycle_mae": check["mae"],
+                    "cycle_correlation": check["correlation"],
+                }
+            )
+        return rows

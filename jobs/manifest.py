@@ -66,10 +66,10 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 
 
-def batch_part_key(sample_ids: Iterable[str]) -> str:
+def batch_part_key(sample_ids: Iterable[str], prefix: str = MANIFEST_PREFIX) -> str:
     """The part file of a batch: a hash of its sorted sample ids (the same batch → the same file)."""
     digest = hashlib.sha256("\n".join(sorted(sample_ids)).encode()).hexdigest()[:20]
-    return f"{MANIFEST_PREFIX}part-{digest}.parquet"
+    return f"{prefix}part-{digest}.parquet"
 
 
 def table_from_rows(rows: Sequence[dict[str, Any]]) -> pa.Table:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 from imgsound_core.request import RequestError, SampleRequest
+from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
 
 # SampleRequest fields a spec may set under `params` (prompts come from the grid, seeds from `seed`).
 PARAM_FIELDS = tuple(f for f in SampleRequest.field_names() if f not in ("image_prompt", "audio_prompt", "seed"))
@@ -41,6 +42,18 @@ class Models(BaseModel):
     device: str = Field(default="auto", description="'auto': cuda when the worker has a GPU, else cpu")
 
 
+class Scoring(BaseModel):
+    """The optional scoring stage: CLIP and CLAP scores (and the vocoder cycle check) for every sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clip: str = Field(default=CLIP_MODEL_ID, description="CLIP model id or folder (the paper: ViT-B/16)")
+    clap: str = Field(default=CLAP_MODEL_ID, description="CLAP model id or folder (the paper: HTSAT-unfused)")
+    cycle: bool = Field(default=True, description="also the vocoder cycle check (cycle_mae, cycle_correlation)")
+    device: str = Field(default="auto", description="'auto': cuda when the worker has a GPU, else cpu")
+    batch_size: int = Field(default=32, ge=1, le=1024, description="samples per scoring call")
+
+
 class SweepSpec(BaseModel):
     """A sweep: either `image_prompts` × `audio_prompts` (the full grid) or explicit `pairs`."""
 
@@ -59,6 +72,17 @@ class SweepSpec(BaseModel):
     output: str | None = Field(default=None, description="default output URI; --output overrides")
     batch_size: int = Field(default=16, ge=1, le=256, description="samples per worker call (one UNet batch)")
     workers: int | None = Field(default=None, ge=1, description="worker actors; default: one per GPU, else 1")
+    scoring: Scoring | None = Field(default=None, description="score every sample after generation (`scoring: {}`)")
+
+    @field_validator("scoring", mode="before")
+    @classmethod
+    def _scoring_switch(cls, value: Any) -> Any:
+        # `scoring: true` / `scoring: {}` both mean the paper's scorers; `false`/absent: no scoring stage.
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
 
     @field_validator("name")
     @classmethod
@@ -102,7 +126,7 @@ class SweepSpec(BaseModel):
         return [(i, a) for i in self.image_prompts or [] for a in self.audio_prompts or []]
 
     def identity(self) -> dict[str, Any]:
-        """What, besides the request, decides a sample's output: hashed into every sample id."""
+        """What, besides the request, decides a sample's output: hashed into every sample id (not the scoring)."""
         return {
             "image_model": self.models.image,
             "audio_model": self.models.audio,

@@ -6,7 +6,8 @@
 Before any work: the spec is validated and the store proven writable. Then the grid is expanded (stable ids),
 points already in the manifest are skipped, and the rest is spread in batches over a Ray actor pool (one worker per
 GPU by default) — Ray places the actors across the cluster. At the end the parts are consolidated into
-`URI/manifest.parquet` with exactly one row per grid point. Exit status: 0 done, 1 failed during the run (the
+`URI/manifest.parquet` with exactly one row per grid point; with `scoring:` in the spec, every row then gets its
+CLIP/CLAP scores and cycle check (jobs/score.py). Exit status: 0 done, 1 failed during the run (the
 message says why; resubmitting resumes), 2 bad spec/URI/store before any work.
 """
 
@@ -78,6 +79,23 @@ def plan(spec: SweepSpec, store: Store) -> tuple[list[GridPoint], list[list[Grid
     return points, batches
 
 
+def worker_options(use_gpu: bool) -> dict[str, Any]:
+    """`ray.remote` options of a worker actor: one GPU (or CPU), restarted once, this process's storage settings.
+
+    A restarted actor retries its batch: batches are idempotent (same ids → same files, same part). Workers see
+    the storage settings this process was started with (endpoint, credentials, timeouts), so a sweep started with
+    `AWS_PROFILE=…`/`AWS_ENDPOINT_URL=…` writes where it was told to on every node.
+    """
+    env_vars = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")}
+    return {
+        "num_gpus": 1 if use_gpu else 0,
+        "num_cpus": 1,
+        "max_restarts": 1,
+        "max_task_retries": 1,
+        "runtime_env": {"env_vars": env_vars} if env_vars else None,
+    }
+
+
 def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | None, workers: int | None) -> None:
     import ray
     from ray.util import ActorPool
@@ -89,17 +107,7 @@ def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | N
     use_gpu = gpus > 0 and spec.models.device != "cpu"
     count = workers or spec.workers or max(1, gpus if use_gpu else 1)
     count = min(count, len(batches))
-    # A restarted actor retries its batch: batches are idempotent (same ids → same files, same part).
-    # Workers see the storage settings this process was started with (endpoint, credentials, timeouts), so a
-    # sweep started with `AWS_PROFILE=…`/`AWS_ENDPOINT_URL=…` writes where it was told to on every node.
-    env_vars = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")}
-    remote = ray.remote(
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=1,
-        max_restarts=1,
-        max_task_retries=1,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
-    )(SweepWorker)
+    remote = ray.remote(**worker_options(use_gpu))(SweepWorker)
     threads = int(os.environ.get("IMGSOUND_WORKER_THREADS", "0")) or None
     actors = [remote.remote(spec.model_dump(), output_uri, endpoint_url, threads) for _ in range(count)]
     pool = ActorPool(actors)
@@ -109,6 +117,8 @@ def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | N
             lambda actor, batch: actor.run.remote([point_payload(p) for p in batch]), batches
         ):
             bar.update(len(result["sample_ids"]))
+    for actor in actors:  # free their models (and GPUs) for a scoring stage or the next sweep
+        ray.kill(actor)
 
 
 def finalize(store: Store, points: list[GridPoint]) -> int:
@@ -123,13 +133,48 @@ def finalize(store: Store, points: list[GridPoint]) -> int:
     missing = wanted - set(table.column("sample_id").to_pylist())
     if missing:
         raise SweepFailed(f"{len(missing)} grid points have no manifest row; resubmit to generate them")
-    store.put_bytes(MANIFEST_FILE, parquet_bytes(table))
+    from jobs.score import apply_scores, read_scores
+
+    store.put_bytes(MANIFEST_FILE, parquet_bytes(apply_scores(table, read_scores(store))))
     return table.num_rows
 
 
 def _root_cause(error: BaseException) -> BaseException:
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, BaseException) else error
+
+
+def failure_sentence(error: BaseException) -> str:
+    """One sentence for a failure during the run (Ray wraps actor errors: report the cause)."""
+    cause = _root_cause(error)
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if isinstance(cause, StoreError):
+        return f"storage failed: {reason}; finished samples are kept, resubmit to resume"
+    return f"{type(cause).__name__}: {reason}; resubmit to resume"
+
+
+def execute(
+    spec: SweepSpec,
+    store: Store,
+    output: str,
+    endpoint_url: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+) -> int:
+    """Generate what is left of `spec`, consolidate, then score if the spec asks; returns the manifest's rows."""
+    points, batches = plan(spec, store)
+    if batches:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        run_batches(spec, batches, output, endpoint_url, workers)
+    rows = finalize(store, points)
+    if spec.scoring is not None:
+        from jobs.score import score_sweep
+
+        score_sweep(store, spec.scoring, output, endpoint_url, workers, address)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,31 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     left = sum(len(b) for b in batches)
+    scoring = " then scoring" if spec.scoring is not None else ""
     print(
-        f"sweep {spec.name}: {len(points)} grid points, {len(points) - left} already done, {left} to generate "
-        f"→ {store.uri}",
+        f"sweep {spec.name}: {len(points)} grid points, {len(points) - left} already done, {left} to generate"
+        f"{scoring} → {store.uri}",
         file=sys.stderr,
     )
     if args.dry_run:
         return 0
     started = time.perf_counter()
     try:
-        if batches:
-            import ray
-
-            ray.init(address=args.address, logging_level="WARNING", log_to_driver=True)
-            run_batches(spec, batches, output, args.endpoint_url, args.workers)
-        rows = finalize(store, points)
+        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address)
     except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
-        cause = _root_cause(error)
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        if isinstance(cause, StoreError):
-            print(
-                f"sweep: error: storage failed: {reason}; finished samples are kept, resubmit to resume",
-                file=sys.stderr,
-            )
-        else:
-            print(f"sweep: error: {type(cause).__name__}: {reason}; resubmit to resume", file=sys.stderr)
+        print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
         return EXIT_FAILED
     print(
         f"sweep {spec.name}: done, {rows} rows in {store.uri_for(MANIFEST_FILE)} "

@@ -263,3 +263,45 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, tiny_models, ray_cluster):
     assert len(frame) == 8 and frame.sample_id.is_unique
     for uri in frame.image_uri:
         assert Image.open(Path(uri.removeprefix("file://"))).size == (256, 64)
+
+
+def test_reduced_table1_scores_every_method_and_prints_every_row(tmp_path, tiny_models, ray_cluster):
+    spec = write_spec(
+        tmp_path / "t1.yaml",
+        tiny_models,
+        scoring={"clip": str(tiny_models / "clip"), "clap": str(tiny_models / "clap"), "device": "cpu"},
+        params={"steps": 8, "image_start_step": 1, "height": 64, "width": 256},
+    )
+    output = tmp_path / "table1"
+    command = [sys.executable, "-m", "jobs.table1", str(spec), "--output", str(output), "--pairs", "2"]
+    command += ["--samples-per-pair", "1", "--steps", "2"]
+    env = {**ray_cluster["env"], "RAY_ADDRESS": "auto", "IMGSOUND_WORKER_THREADS": "1"}
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from jobs.table1 import METHODS
+
+    report = json.loads((output / "table1.json").read_text())
+    assert [r["method"] for r in report["rows"]] == list(METHODS)
+    for method in METHODS.values():
+        line = next(line for line in done.stdout.splitlines() if line.startswith(f"| {method.label} |"))
+        assert f"{method.paper_clip[0]:.1f} ± {method.paper_clip[1]:.1f}" in line
+        frame = pq.read_table(output / method.name / "manifest.parquet").to_pandas()
+        assert len(frame) == 2 and frame[["clip_score", "clap_score", "cycle_correlation"]].notna().all().all()
+        row = next(r for r in report["rows"] if r["method"] == method.name)
+        assert row["clip"][0] == pytest.approx(100 * frame.clip_score.mean())
+        assert row["clap"][1] == pytest.approx(100 * 1.96 * frame.clap_score.std(ddof=0) / np.sqrt(2))
+        assert f"{row['clip'][0]:.1f} ± {row['clip'][1]:.1f}" in line
+    steps = {
+        m: pq.read_table(output / m / "manifest.parquet").to_pandas()[["image_start_step", "audio_start_step"]]
+        for m in METHODS
+    }
+    assert (steps["image-alone"].audio_start_step == 2).all() and (steps["image-alone"].image_start_step == 0).all()
+    assert (steps["audio-alone"].image_start_step == 2).all() and (steps["audio-alone"].audio_start_step == 0).all()
+    assert (steps["ours"].image_start_step == 0).all()  # round(1 · 2 / 8): the warm start scaled with the steps
+
+    # Resubmitting finds everything generated and scored: no part is rewritten.
+    parts = {p: p.stat().st_mtime_ns for p in output.rglob("part-*.parquet")}
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in output.rglob("part-*.parquet")} == parts
+    assert "Ours (multimodal denoising)" in again.stdout
