@@ -115,18 +115,26 @@ class Sampler:
         )
 
     def denoise(
-        self, requests: Sequence[SampleRequest], progress: ProgressCallback | None = None
+        self,
+        requests: Sequence[SampleRequest],
+        progress: ProgressCallback | None = None,
+        latents: Sequence[torch.Tensor] | None = None,
     ) -> Iterator[tuple[SampleState, float]]:
         """Run the DDIM loop; yield `(state, seconds_in_flight)` for each sample as it finishes.
 
-        `progress(n)` is called after every step with the number of sample-steps just taken.
+        `progress(n)` is called after every step with the number of sample-steps just taken. `latents`, one
+        `(C, H/8, W/8)` per request, replaces the seed's initial noise (methods that draw their own, e.g. imprint).
         """
+        if latents is not None and len(latents) != len(requests):
+            raise ValueError("one initial latent per request")
         scheduler = StepScheduler(self.scheduler_config, self.max_batch_samples)
         started: dict[str, float] = {}
         for index, request in enumerate(requests):
             shape = latent_shape(request.height, request.width, self.image.latent_channels)
-            latents = initial_latents([request.seed], shape)[0]
-            scheduler.add(str(index), request, latents)
+            initial = initial_latents([request.seed], shape)[0] if latents is None else latents[index]
+            if tuple(initial.shape) != shape:
+                raise ValueError(f"request {index}: an initial latent of shape {tuple(initial.shape)}, not {shape}")
+            scheduler.add(str(index), request, initial)
         self.image_text.add([r.image_prompt for r in requests] + [r.image_negative for r in requests])
         self.audio_text.add([r.audio_prompt for r in requests] + [r.audio_negative for r in requests])
         while scheduler.has_work():
