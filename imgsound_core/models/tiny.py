@@ -3,13 +3,20 @@
 `write_tiny_models(DIR)` writes `DIR/image` (the Stable Diffusion 1.5 layout), `DIR/audio` (the Auffusion
 layout: the same folders plus `vocoder/config.json` + `vocoder/vocoder.pt`, and the UNet as a pickle `.bin`
 like the published Auffusion checkpoint), and the scorers' `DIR/clip` (CLIP ViT-B/16's format) and `DIR/clap`
-(CLAP HTSAT-unfused's format). The real loaders read them unchanged, so every code path that the
+(CLAP HTSAT-unfused's format), plus DeepFloyd IF's two pixel-space stages `DIR/if-stage-1` (the
+`DeepFloyd/IF-I-*` layout: T5 text encoder in sharded safetensors, a sentencepiece T5 tokenizer, a 3 → 6 channel
+UNet) and `DIR/if-stage-2` (the `DeepFloyd/IF-II-*` layout: a 6 → 6 channel UNet conditioned on the noise level,
+and its `image_noising_scheduler`). The real loaders read them unchanged, so every code path that the
 real weights take — tokenizer files, configs, safetensors, pickles, weight-normed vocoder checkpoints — runs in
 tests and CI without a model hub.
 
 Sizes are chosen so that 20 DDIM steps at 256×1024 take seconds on two CPU cores: attention only at the
 lowest latent resolution, narrow channels, and a VAE that still downsamples by 8 (three downsamplers), so the
 latent of a 256×1024 picture is 4×32×128 exactly as with SD-1.5.
+
+The IF UNets are sized so that one classifier-free-guided step of stage I at 64×256 and of stage II at 256×1024
+(the colorizer's sizes) takes a fraction of a second on a CPU: attention only at the lowest resolution, narrow
+channels, but the real block types, embeddings and channel counts.
 
 Random weights say nothing about pictures or sounds; they exercise shapes, dtypes, formats and numerics.
 """
@@ -298,8 +305,240 @@ def write_tiny_clap(directory: Path, seed: int) -> None:
     ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(directory)
 
 
+# --- DeepFloyd IF ---------------------------------------------------------------------------------------------------
+
+# The published IF schedulers (diffusers' conversion of the DeepFloyd checkpoints; §5.3 of the reference facts for
+# stage I). Stage II differs only in sample_max_value 1.0; its image_noising_scheduler is a plain cosine DDPM that
+# noises the upscaled stage-I picture ("noise level" = its timestep).
+IF_STAGE_1_SCHEDULER_CONFIG: dict = {
+    "_class_name": "DDPMScheduler",
+    "_diffusers_version": "0.16.0.dev0",
+    "beta_end": 0.02,
+    "beta_schedule": "squaredcos_cap_v2",
+    "beta_start": 0.0001,
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.95,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.5,
+    "thresholding": True,
+    "trained_betas": None,
+    "variance_type": "learned_range",
+}
+IF_STAGE_2_SCHEDULER_CONFIG: dict = {**IF_STAGE_1_SCHEDULER_CONFIG, "sample_max_value": 1.0}
+IF_IMAGE_NOISING_SCHEDULER_CONFIG: dict = {
+    "_class_name": "DDPMScheduler",
+    "_diffusers_version": "0.16.0.dev0",
+    "beta_end": 0.02,
+    "beta_schedule": "squaredcos_cap_v2",
+    "beta_start": 0.0001,
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "thresholding": False,
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+}
+
+IF_TEXT_HIDDEN_SIZE = 48  # T5's d_model (4096 for t5-v1_1-xxl); unlike the UNet's cross-attention width, as in IF
+IF_CROSS_ATTENTION_DIM = 32
+T5_EXTRA_IDS = 100  # <extra_id_0> … <extra_id_99>, appended after the sentencepiece pieces as in every T5 tokenizer
+
+# The text the tiny T5 sentencepiece model is trained on: prompts of the kind the project uses, and every printable
+# ASCII character, so that any ASCII prompt tokenizes without <unk> and decodes back to itself.
+T5_TRAINING_TEXT = (
+    "a colorful photo of a castle with bell towers",
+    "a colorful photo of kittens with blue eyes and pink noses",
+    "a colorful photo of puppies on green grass",
+    "a colorful photo of a long train",
+    "a colorful photo of tigers",
+    "a colorful photo of an auto racing game",
+    "a colorful photo of a blooming garden with many birds",
+    "a painting of castle towers, grayscale",
+    "a painting of cute dogs, grayscale",
+    "a painting of furry kittens, grayscale",
+    "a painting of mountains, a forest, a farm and a beach, grayscale",
+    "bell ringing; dog barking; birds singing sweetly; a kitten meowing for attention",
+    "a race car passing by and disappearing; train whistling; tiger growling",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789",
+    "! \" # $ % & ' ( ) * + , - . / : ; < = > ? @ [ \\ ] ^ _ ` { | } ~",
+)
+
+
+def write_t5_tokenizer(directory: Path) -> int:
+    """Write a T5 tokenizer in its published format: `spiece.model` (sentencepiece unigram, T5's special ids: pad 0,
+    eos 1, unk 2, no bos), `special_tokens_map.json` and `tokenizer_config.json`.
+
+    The sentencepiece model is trained here, offline, on `T5_TRAINING_TEXT` with one thread (deterministic: the same
+    bytes every time). Returns the tokenizer's size, extra ids included.
+    """
+    import io
+
+    import sentencepiece
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(T5_TRAINING_TEXT),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=256,
+        hard_vocab_limit=False,  # the text is small: take what it yields, up to 256 pieces
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (directory / "spiece.model").write_bytes(model.getvalue())
+    pieces = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    extra = [f"<extra_id_{i}>" for i in range(T5_EXTRA_IDS)]
+    special = {"additional_special_tokens": extra, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {
+        **special,
+        "extra_ids": T5_EXTRA_IDS,
+        "model_max_length": TOKENIZER_MAX_LENGTH,  # IF's text length; diffusers' IF pipelines use 77 as well
+        "sp_model_kwargs": {},
+        "tokenizer_class": "T5Tokenizer",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return pieces + T5_EXTRA_IDS
+
+
+def _tiny_t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    # t5-v1_1's shape of block (gated-GELU feed-forward, untied embeddings, relative position buckets), tiny.
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=IF_TEXT_HIDDEN_SIZE,
+        d_kv=12,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config)
+
+
+def _tiny_if_unet(stage: int):
+    """IF's UNet structure (diffusers' conversion of the DeepFloyd checkpoints), tiny.
+
+    Both stages: ResNet up/down-sampling blocks, "simple" cross-attention blocks whose keys are the T5 embeddings
+    projected by `encoder_hid_proj` (encoder_hid_dim → cross_attention_dim), attention-pooled text added to the time
+    embedding (`addition_embed_type="text"`), scale-shift norms, GELU, and 6 output channels: ε (3) and the
+    learned-range variance interpolation (3). Stage I reads the 3-channel picture; stage II reads 6 channels
+    (picture + upscaled stage-I picture) and embeds the noise level of that upscaled picture as a second timestep
+    (`class_embed_type="timestep"`).
+    """
+    from diffusers import UNet2DConditionModel
+
+    common = {
+        "out_channels": 6,
+        "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+        "cross_attention_dim": IF_CROSS_ATTENTION_DIM,
+        "encoder_hid_dim": IF_TEXT_HIDDEN_SIZE,
+        "attention_head_dim": 8,
+        "addition_embed_type": "text",
+        "addition_embed_type_num_heads": 2,
+        "cross_attention_norm": "group_norm",
+        "resnet_time_scale_shift": "scale_shift",
+        "act_fn": "gelu",
+        "norm_num_groups": 4,
+        "upcast_attention": False,
+    }
+    if stage == 1:
+        # 64×256 → 32×128 → 16×64; attention at the lowest resolution only (the real model: all but the first).
+        return UNet2DConditionModel(
+            sample_size=64,
+            in_channels=3,
+            down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
+            block_out_channels=(8, 16, 32),
+            layers_per_block=1,
+            **common,
+        )
+    # 256×1024 → … → 16×64: five resolutions as in the upscaler, per-block layer counts, cross-attention only.
+    return UNet2DConditionModel(
+        sample_size=256,
+        in_channels=6,
+        down_block_types=("ResnetDownsampleBlock2D",) * 4 + ("SimpleCrossAttnDownBlock2D",),
+        up_block_types=("SimpleCrossAttnUpBlock2D",) + ("ResnetUpsampleBlock2D",) * 4,
+        block_out_channels=(4, 4, 8, 16, 32),
+        layers_per_block=(1, 1, 1, 1, 2),
+        class_embed_type="timestep",
+        time_embedding_dim=32,
+        time_embedding_act_fn="gelu",
+        resnet_skip_time_act=True,
+        resnet_out_scale_factor=1 / 0.7071,
+        mid_block_scale_factor=1 / 0.7071,
+        only_cross_attention=True,
+        **common,
+    )
+
+
+def _write_if_model_index(directory: Path, stage: int) -> None:
+    """model_index.json; the safety checker, its feature extractor and the watermarker are left out (null), as
+    `from_pretrained(..., safety_checker=None, watermarker=None)` would save them."""
+    index = {
+        "_class_name": "IFPipeline" if stage == 1 else "IFSuperResolutionPipeline",
+        "_diffusers_version": "0.16.0.dev0",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5Tokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "watermarker": [None, None],
+    }
+    if stage == 2:
+        index["image_noising_scheduler"] = ["diffusers", "DDPMScheduler"]
+    (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2))
+
+
+def write_tiny_if_stage(directory: Path, stage: int, text_seed: int, unet_seed: int) -> None:
+    """Write one IF stage folder (`DeepFloyd/IF-I-*` layout for stage 1, `DeepFloyd/IF-II-*` for stage 2).
+
+    Both stages of the real model ship the same T5 encoder; pass the same `text_seed` to get that here too. The T5
+    weights are saved in two safetensors shards with an index, as the published (multi-GB) encoder is.
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"IF stage must be 1 or 2, got {stage}")
+    vocab_size = write_t5_tokenizer(directory / "tokenizer")
+    text_encoder = build_seeded(lambda: _tiny_t5_encoder(vocab_size), text_seed)
+    weights_bytes = sum(p.numel() * p.element_size() for p in text_encoder.parameters())
+    text_encoder.save_pretrained(
+        directory / "text_encoder", safe_serialization=True, max_shard_size=f"{weights_bytes * 6 // 10 // 1000}KB"
+    )
+    build_seeded(lambda: _tiny_if_unet(stage), unet_seed).save_pretrained(directory / "unet", safe_serialization=True)
+    schedulers = {"scheduler": IF_STAGE_1_SCHEDULER_CONFIG if stage == 1 else IF_STAGE_2_SCHEDULER_CONFIG}
+    if stage == 2:
+        schedulers["image_noising_scheduler"] = IF_IMAGE_NOISING_SCHEDULER_CONFIG
+    for name, config in schedulers.items():
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        (directory / name / "scheduler_config.json").write_text(json.dumps(config, indent=2))
+    _write_if_model_index(directory, stage)
+
+
 def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
     """Write `directory/image` (SD-1.5 layout) and `directory/audio` (Auffusion layout); return both paths.
+
+    Also written: the scorers' `directory/clip` and `directory/clap`, and DeepFloyd IF's `directory/if-stage-1` and
+    `directory/if-stage-2` (the colorizer's models).
 
     Deterministic: the same seed writes byte-identical weights. Each model is written to a temporary folder and
     renamed into place, so an interrupted run never leaves a folder that looks complete. Existing `image`/`audio`
@@ -313,6 +552,10 @@ def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path
         "audio": lambda path: _write_one_model(path, seed * 40 + 10, unet_as_pickle=True, with_vocoder=True),
         "clip": lambda path: write_tiny_clip(path, seed * 40 + 20),
         "clap": lambda path: write_tiny_clap(path, seed * 40 + 30),
+        # IF takes seeds left free in each block of 40 (so the models above keep their weights): the shared T5
+        # encoder seed·40 + 4, the UNets seed·40 + 5 and seed·40 + 14.
+        "if-stage-1": lambda path: write_tiny_if_stage(path, 1, text_seed=seed * 40 + 4, unet_seed=seed * 40 + 5),
+        "if-stage-2": lambda path: write_tiny_if_stage(path, 2, text_seed=seed * 40 + 4, unet_seed=seed * 40 + 14),
     }
     paths = []
     for name, write in writers.items():
@@ -327,4 +570,4 @@ def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path
             shutil.rmtree(staging, ignore_errors=True)
             raise
         paths.append(root / name)
-    return paths[0], paths[1]  # also written: root/clip, root/clap (scorers)
+    return paths[0], paths[1]  # also written: root/clip, root/clap (scorers), root/if-stage-{1,2} (colorizer)
