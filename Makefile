@@ -25,10 +25,12 @@ demo: install
 	$(BIN)/imgsound tiny-models $(MODELS)
 	$(BIN)/imgsound generate --image-model $(MODELS)/image --audio-model $(MODELS)/audio \
 		--image-prompt "a painting of castle towers, grayscale" --audio-prompt "bell ringing" \
-		--steps 20 --num-samples 2 --seed 1234 --crop --overwrite --out $(DEMO_OUT)
+		--steps 20 --num-samples 2 --seed 1234 --crop --video --overwrite --out $(DEMO_OUT)
 	$(BIN)/imgsound audio-to-spectrogram $(DEMO_OUT)/sample_000/audio.wav $(DEMO_OUT)/sample_000.respectrogram.png
-	@echo "demo: $(DEMO_OUT)/sample_000/ and sample_001/ (tiny random-weight models: the content is noise;"
-	@echo "      pass --image-model/--audio-model folders from 'imgsound download' for real pictures and sounds)"
+	$(BIN)/imgsound gallery $(DEMO_OUT) --out $(DEMO_OUT)-gallery --overwrite
+	@echo "demo: $(DEMO_OUT)/sample_000/ and sample_001/ (with video.mp4), the page $(DEMO_OUT)-gallery/index.html"
+	@echo "      (tiny random-weight models: the content is noise; pass --image-model/--audio-model folders from"
+	@echo "      'imgsound download' for real pictures and sounds)"
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -45,7 +47,7 @@ bench: install
 	$(BIN)/python bench/bench_sampler.py --steps 20 --batch 16
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) models/tiny .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_OUT)-gallery models/tiny .pytest_cache .ruff_cache
 
 # The HTTP service on tiny CPU models (Ctrl-C stops it): http://127.0.0.1:8000/docs
 serve: install

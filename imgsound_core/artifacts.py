@@ -1,8 +1,10 @@
-"""Samples → files, as bytes: `image.png`, `spectrogram.png`, `spectrogram.npy`, `audio.wav`, `sample.json`.
+"""Samples → files, as bytes: `image.png`, `spectrogram.png`, `spectrogram.npy`, `audio.wav`, `sample.json`
+(and, on request, `video.mp4`).
 
 `render_artifacts` computes bytes and writes nothing, so any store (a folder, S3) can take them;
 `write_sample_dir` writes a folder atomically (a hidden temporary folder renamed into place), so a folder that
-exists is complete.
+exists is complete. The PNGs and the WAV carry the sample's provenance inside them (`provenance.py`), so a file that
+leaves its folder still says what made it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imgsound_core import provenance
 from imgsound_core.audio.mel import HOP_LENGTH, SAMPLE_RATE_HZ
 from imgsound_core.audio.vocoder import crop_waveform
 
@@ -27,6 +30,8 @@ from imgsound_core.audio.vocoder import crop_waveform
 CROP_COLUMNS = 32
 
 ARTIFACT_NAMES = ("image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sample.json")
+# Optional: `render_artifacts(..., video=True)` adds it (before `sample.json`, which stays last).
+VIDEO_NAME = "video.mp4"
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -34,16 +39,21 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    """Encode `(3, H, W)` RGB or `(H, W)` grayscale in [0, 1] as PNG."""
+def png_bytes(image: torch.Tensor, text: Mapping[str, str] | None = None) -> bytes:
+    """Encode `(3, H, W)` RGB or `(H, W)` grayscale in [0, 1] as PNG, with `text` as iTXt chunks (UTF-8)."""
+    from PIL.PngImagePlugin import PngInfo
+
     pixels = to_uint8(image)
     if pixels.ndim == 3:
         pixels = np.ascontiguousarray(pixels.transpose(1, 2, 0))
         picture = Image.fromarray(pixels, mode="RGB")
     else:
         picture = Image.fromarray(pixels, mode="L")
+    chunks = PngInfo()
+    for key, value in (text or {}).items():
+        chunks.add_itxt(key, value)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", pnginfo=chunks)
     return buffer.getvalue()
 
 
@@ -53,14 +63,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def wav_bytes(waveform: torch.Tensor | np.ndarray, sample_rate_hz: int = SAMPLE_RATE_HZ) -> bytes:
-    """16-bit PCM WAV (the reference code's format), clipped to [−1, 1]."""
+def wav_bytes(
+    waveform: torch.Tensor | np.ndarray, sample_rate_hz: int = SAMPLE_RATE_HZ, info: Mapping[str, str] | None = None
+) -> bytes:
+    """16-bit PCM WAV (the reference code's format), clipped to [−1, 1]; `info` fields (e.g. `INAM`) go into a
+    RIFF `LIST`/`INFO` chunk after the data."""
     import soundfile
 
     samples = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, sample_rate_hz, subtype="PCM_16", format="WAV")
-    return buffer.getvalue()
+    return provenance.with_wav_info(buffer.getvalue(), info) if info else buffer.getvalue()
 
 
 def render_artifacts(
@@ -69,14 +82,21 @@ def render_artifacts(
     waveform: torch.Tensor,
     record: Mapping[str, Any],
     crop: bool = False,
+    *,
+    video: bool = False,
+    video_fps: int | None = None,
 ) -> dict[str, bytes]:
-    """The files of one sample, as bytes.
+    """The files of one sample, as bytes, in the order to write them (`sample.json` last).
 
     Args:
         image: `(3, H, W)` in [0, 1]; spectrogram: `(H, W)` in [0, 1]; waveform: `(W · 160,)`.
-        record: provenance written as `sample.json` (must be JSON-serialisable).
+        record: provenance written as `sample.json` (must be JSON-serialisable); its reproducible part (request,
+            sample id, models, vocoder, crop, mel settings) also goes inside the PNGs and the WAV.
         crop: drop the last `CROP_COLUMNS` columns of the pictures and the matching audio; `spectrogram.npy`
             always keeps the full, uncropped spectrogram.
+        video: also render `video.mp4` (spectrogram layout with captions, `video.render_video`); off by default
+            because it costs about as much as vocoding.
+        video_fps: its frame rate (default `video.DEFAULT_FPS`).
     """
     full_spectrogram = spectrogram.float().cpu().numpy().astype(np.float32)
     width = spectrogram.shape[-1]
@@ -87,13 +107,27 @@ def render_artifacts(
         spectrogram = spectrogram[..., : width - CROP_COLUMNS]
         waveform = crop_waveform(waveform, CROP_COLUMNS, width)
     record = {**record, "crop_columns": CROP_COLUMNS if crop else 0, "audio_samples": int(waveform.shape[-1])}
-    return {
-        "image.png": png_bytes(image),
-        "spectrogram.png": png_bytes(spectrogram),
+    meta = provenance.sample_provenance(record)
+    artifacts = {
+        "image.png": png_bytes(image, provenance.png_text(meta, "image.png")),
+        "spectrogram.png": png_bytes(spectrogram, provenance.png_text(meta, "spectrogram.png")),
         "spectrogram.npy": npy_bytes(full_spectrogram),
-        "audio.wav": wav_bytes(waveform),
-        "sample.json": (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        "audio.wav": wav_bytes(waveform, info=provenance.wav_info(meta)),
     }
+    if video:
+        from imgsound_core.video import DEFAULT_FPS, render_video
+
+        artifacts[VIDEO_NAME] = render_video(
+            None,
+            spectrogram,
+            artifacts["audio.wav"],
+            image_prompt=record.get("image_prompt"),
+            audio_prompt=record.get("audio_prompt"),
+            fps=video_fps or DEFAULT_FPS,
+            metadata=provenance.video_metadata(meta),
+        )
+    artifacts["sample.json"] = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    return artifacts
 
 
 def write_sample_dir(target: str | os.PathLike, artifacts: Mapping[str, bytes], overwrite: bool = False) -> Path:

@@ -16,7 +16,8 @@ from serve.config import Limits
 # The paper's defaults live in one place: the core request type.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SampleRequest)}
 
-OutputName = Literal["image", "spectrogram", "spectrogram_npy", "audio", "record"]
+OutputName = Literal["image", "spectrogram", "spectrogram_npy", "audio", "record", "video"]
+# The default outputs; "video" (an MP4 with a moving playhead, ~2–3 s of CPU a sample) is opt-in.
 ALL_OUTPUTS: tuple[str, ...] = ("image", "spectrogram", "spectrogram_npy", "audio", "record")
 # Which artifact file each output name is.
 OUTPUT_FILES = {
@@ -25,6 +26,7 @@ OUTPUT_FILES = {
     "spectrogram_npy": "spectrogram.npy",
     "audio": "audio.wav",
     "record": "sample.json",
+    "video": "video.mp4",
 }
 
 
@@ -49,7 +51,10 @@ class GenerateBody(BaseModel):
     width: int = DEFAULTS["width"]
     vocoder: Literal["hifigan", "griffinlim"] = "hifigan"
     crop: bool = Field(default=False, description="drop the last 32 columns of pictures and audio")
-    outputs: list[OutputName] = Field(default_factory=lambda: list(ALL_OUTPUTS))
+    outputs: list[OutputName] = Field(
+        default_factory=lambda: list(ALL_OUTPUTS),
+        description="which files to return (and store); add 'video' for an MP4 of the spectrogram with a playhead",
+    )
     inline: bool = Field(
         default=True, description="return the outputs as base64; with an output store, false returns URIs only"
     )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.handle import DeploymentHandle
@@ -29,6 +29,7 @@ from imgsound_core.scheduler import ModelInputs, StepScheduler
 from jobs.store import Store, StoreError, open_store
 from serve.api import OUTPUT_FILES, GenerateBody, GenerateResponse, Health, SampleOut
 from serve.config import AppArgs
+from serve.gallery import NotFound, RangeNotSatisfiable, StoreGallery, byte_range
 from serve.metrics import ServeMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -89,6 +90,7 @@ class Driver:
         self.samples_in_flight = 0
         self._model_info: dict[str, Any] | None = None
         self.store = open_output_store(self.args.output_store)
+        self.gallery = StoreGallery(self.store) if self.store is not None else None
 
     # ---- remote calls -------------------------------------------------------------------------------------
     async def _call(self, deployment: str, method, *payload):
@@ -194,7 +196,15 @@ class Driver:
                 "timings_s": {"denoise": t1 - t0, "decode": t2 - t1},
                 "versions": {"imgsound": __version__},
             }
-            artifacts = render_artifacts(images[index], spectrograms[index], waveforms[index], record, crop=body.crop)
+            artifacts = await asyncio.to_thread(  # PNG/WAV encoding, and ffmpeg for a video, block
+                render_artifacts,
+                images[index],
+                spectrograms[index],
+                waveforms[index],
+                record,
+                crop=body.crop,
+                video="video" in body.outputs,
+            )
             out = SampleOut(sample_id=sample_id, index=index, seed=request.seed, parameters=record)
             wanted = {OUTPUT_FILES[name]: name for name in body.outputs}
             if self.store is not None:
@@ -260,3 +270,52 @@ class Driver:
     @api.get("/metrics")
     async def metrics(self) -> Response:
         return Response(content=self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ---- the gallery of the output store -------------------------------------------------------------------
+    def _gallery(self) -> StoreGallery:
+        if self.gallery is None:
+            raise HTTPException(status_code=404, detail="this server has no output store, so there is no gallery")
+        return self.gallery
+
+    @api.get("/gallery", include_in_schema=False)
+    async def gallery_root(self, request: Request) -> Response:
+        return RedirectResponse(url=request.url.path + "/", status_code=302)  # the page's links are relative
+
+    @api.get("/gallery/", include_in_schema=False)
+    async def gallery_page(self) -> Response:
+        content, media_type = self._gallery().asset("index.html")
+        return Response(content=content, media_type=media_type)
+
+    @api.get("/gallery/data/samples.js", include_in_schema=False)
+    async def gallery_data(self) -> Response:
+        try:
+            script = await asyncio.to_thread(self._gallery().data)
+        except StoreError as error:
+            return JSONResponse(status_code=503, content={"detail": f"the output store failed: {error}"})
+        return Response(content=script, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/gallery/media/{key}/{role}", include_in_schema=False)
+    async def gallery_media(self, key: str, role: str, request: Request) -> Response:
+        try:
+            content, media_type = await asyncio.to_thread(self._gallery().media, key, role)
+            span = byte_range(request.headers.get("range"), len(content))
+        except NotFound as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+        except RangeNotSatisfiable as error:
+            return JSONResponse(status_code=416, content={"detail": str(error)})
+        except StoreError as error:
+            return JSONResponse(status_code=503, content={"detail": f"the output store failed: {error}"})
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "max-age=3600"}
+        if span is None:
+            return Response(content=content, media_type=media_type, headers=headers)
+        start, end = span
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
+        return Response(content=content[start : end + 1], status_code=206, media_type=media_type, headers=headers)
+
+    @api.get("/gallery/{asset}", include_in_schema=False)
+    async def gallery_asset(self, asset: str) -> Response:
+        try:
+            content, media_type = self._gallery().asset(asset)
+        except NotFound as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+        return Response(content=content, media_type=media_type)

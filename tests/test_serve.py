@@ -181,7 +181,7 @@ BAD_INPUTS = [
     ({"image_prompt": "a", "audio_prompt": "b", "audio_weight": 2}, "audio_weight"),
     ({"image_prompt": "a", "audio_prompt": "b", "image_start_step": 5, "audio_start_step": 5}, "start_step"),
     ({"image_prompt": "a", "audio_prompt": "b", "vocoder": "wavenet"}, "vocoder"),
-    ({"image_prompt": "a", "audio_prompt": "b", "outputs": ["video"]}, "outputs"),
+    ({"image_prompt": "a", "audio_prompt": "b", "outputs": ["hologram"]}, "outputs"),
     ({"image_prompt": "a", "audio_prompt": "b", "guidance": 3}, "guidance"),
     ({"audio_prompt": "b"}, "image_prompt"),
     ({"image_prompt": "a", "audio_prompt": "b", "steps": "many"}, "steps"),
@@ -333,3 +333,40 @@ def test_output_store_writes_files_and_returns_uris(service):
     assert status == 200 and body["samples"][0]["base64"] == {}
     record = json.loads(Path(urlparse(body["samples"][0]["uris"]["record"]).path).read_text())
     assert record["sample_id"] == body["samples"][0]["sample_id"] and record["steps"] == 2
+
+
+def test_video_output_and_the_gallery_of_the_output_store(service):
+    import urllib.request
+
+    status, _, body = generate(
+        service,
+        image_prompt="castle",
+        audio_prompt="bells",
+        steps=2,
+        image_start_step=0,
+        height=64,
+        width=256,
+        outputs=["video", "audio"],
+    )
+    assert status == 200, body
+    sample = body["samples"][0]
+    video = base64.b64decode(sample["base64"]["video"])
+    assert video[4:8] == b"ftyp" and Path(urlparse(sample["uris"]["video"]).path).read_bytes() == video
+
+    status, headers, _ = http("GET", f"{service.url}/gallery/")  # urllib follows /gallery → /gallery/ too
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    status, _, script = http("GET", f"{service.url}/gallery/data/samples.js")
+    assert status == 200 and script.startswith("window.IMGSOUND_GALLERY = ")
+    data = json.loads(script.removeprefix("window.IMGSOUND_GALLERY = ").rstrip().rstrip(";"))
+    served = {s["id"]: s for s in data["samples"]}
+    assert sample["sample_id"] in served
+    audio_url = f"{service.url}/gallery/{served[sample['sample_id']]['media']['audio']}"
+    wav = Path(urlparse(sample["uris"]["audio"]).path).read_bytes()
+    request = urllib.request.Request(audio_url, headers={"Range": "bytes=100-199"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 206 and response.read() == wav[100:200]
+        assert response.headers["Content-Range"] == f"bytes 100-199/{len(wav)}"
+    status, _, _ = http("GET", f"{service.url}/gallery/media/{sample['sample_id']}/nonsense")
+    assert status == 404
+    status, _, _ = http("GET", f"{service.url}/gallery/media/no-such-sample/audio")
+    assert status == 404

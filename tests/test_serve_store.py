@@ -37,3 +37,68 @@ def test_no_store_and_bad_store_uris(tmp_path):
     assert open_output_store(str(tmp_path / "served")).uri.startswith("file://")
     with pytest.raises(StoreError):
         open_output_store("gs://bucket/run")
+
+
+def write_served_sample(store, sample_id: str, seed: int) -> None:
+    """A sample folder as the server writes it: `<sample_id>/…`, sample.json last."""
+    import torch
+
+    from imgsound_core.artifacts import render_artifacts
+
+    generator = torch.Generator().manual_seed(seed)
+    record = {"sample_id": sample_id, "image_prompt": "castle", "audio_prompt": "bells", "seed": seed}
+    artifacts = render_artifacts(
+        torch.rand(3, 64, 256, generator=generator),
+        torch.rand(64, 256, generator=generator),
+        torch.rand(256 * 160, generator=generator) - 0.5,
+        record,
+    )
+    for name in sorted(artifacts, key=lambda n: n == "sample.json"):
+        store.put_bytes(f"{sample_id}/{name}", artifacts[name])
+
+
+def test_the_store_gallery_lists_serves_and_refreshes(tmp_path):
+    import json
+
+    from serve.gallery import NotFound, StoreGallery
+
+    store = open_output_store(str(tmp_path / "served"))
+    gallery = StoreGallery(store, refresh_s=0.0)
+    assert '"samples":[]' in gallery.data()  # an empty store: a page with no cards
+    write_served_sample(store, "aaaa", 1)
+    write_served_sample(store, "bbbb", 2)
+    data = json.loads(gallery.data().removeprefix("window.IMGSOUND_GALLERY = ").rstrip().rstrip(";"))
+    assert sorted(s["id"] for s in data["samples"]) == ["aaaa", "bbbb"]
+    sample = next(s for s in data["samples"] if s["id"] == "aaaa")
+    assert sample["media"]["audio"] == "media/aaaa/audio"  # relative to the page: any route prefix works
+    audio, kind = gallery.media("aaaa", "audio")
+    assert kind == "audio/wav" and audio == store.get_bytes("aaaa/audio.wav")
+    thumb, kind = gallery.media("aaaa", "spectrogram_thumb")
+    assert kind in ("image/webp", "image/jpeg") and thumb == gallery.media("aaaa", "spectrogram_thumb")[0]
+    store.delete("bbbb/audio.wav")
+    with pytest.raises(NotFound, match="audio.wav of sample bbbb is missing"):
+        gallery.media("bbbb", "audio")
+    with pytest.raises(NotFound, match="no sample"):
+        gallery.media("cccc", "audio")
+    with pytest.raises(NotFound, match="unknown media role"):
+        gallery.media("aaaa", "secrets")
+    with pytest.raises(NotFound):
+        gallery.asset("../pyproject.toml")
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [(None, None), ("bytes=0-9", (0, 9)), ("bytes=90-", (90, 99)), ("bytes=-10", (90, 99)), ("bytes=95-200", (95, 99))],
+)
+def test_byte_ranges(header, expected):
+    from serve.gallery import byte_range
+
+    assert byte_range(header, 100) == expected
+
+
+def test_unsatisfiable_byte_ranges():
+    from serve.gallery import RangeNotSatisfiable, byte_range
+
+    for header in ("bytes=100-", "bytes=50-40", "bytes=-0"):
+        with pytest.raises(RangeNotSatisfiable):
+            byte_range(header, 100)
