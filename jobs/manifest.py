@@ -22,6 +22,8 @@ SCHEMA = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("sweep", pa.string()),
+        pa.field("method", pa.string()),  # denoise (the paper's method), imprint or sds
+        pa.field("settings_json", pa.string()),  # the method's full request (its own fields), as JSON
         pa.field("pair_index", pa.int32()),
         pa.field("sample_index", pa.int32()),
         pa.field("image_prompt", pa.string()),
@@ -50,6 +52,7 @@ SCHEMA = pa.schema(
         pa.field("spectrogram_npy_uri", pa.string()),
         pa.field("audio_uri", pa.string()),
         pa.field("record_uri", pa.string()),
+        pa.field("video_uri", pa.string()),  # null unless the spec asks for videos
         pa.field("denoise_s", pa.float64()),
         pa.field("decode_s", pa.float64()),
         pa.field("vocode_s", pa.float64()),

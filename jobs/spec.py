@@ -7,6 +7,7 @@ work. No Ray, no storage here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,12 +15,25 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from imgsound_core.imprint import ImprintRequest
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 from imgsound_core.request import RequestError, SampleRequest
 from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
+from imgsound_core.sds import SDSSettings
 
-# SampleRequest fields a spec may set under `params` (prompts come from the grid, seeds from `seed`).
-PARAM_FIELDS = tuple(f for f in SampleRequest.field_names() if f not in ("image_prompt", "audio_prompt", "seed"))
+# What one sample is, per method: the paper's multimodal denoising and its two baselines.
+REQUEST_TYPES: dict[str, type] = {"denoise": SampleRequest, "imprint": ImprintRequest, "sds": SDSSettings}
+Method = Literal["denoise", "imprint", "sds"]
+DEFAULT_IMAGE_PRIOR = "DeepFloyd/IF-I-M-v1.0"  # the SDS baseline's image prior (IF stage I), as the paper's
+
+
+def param_fields(method: str) -> tuple[str, ...]:
+    """The request fields a spec may set under `params` (prompts come from the grid, seeds from `seed`)."""
+    names = [f.name for f in dataclasses.fields(REQUEST_TYPES[method])]
+    return tuple(n for n in names if n not in ("image_prompt", "audio_prompt", "seed"))
+
+
+PARAM_FIELDS = param_fields("denoise")
 
 
 class SpecError(ValueError):
@@ -40,6 +54,7 @@ class Models(BaseModel):
     audio: str = DEFAULT_AUDIO_MODEL
     dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
     device: str = Field(default="auto", description="'auto': cuda when the worker has a GPU, else cpu")
+    image_prior: str = Field(default=DEFAULT_IMAGE_PRIOR, description="method sds: DeepFloyd IF stage I")
 
 
 class Scoring(BaseModel):
@@ -60,6 +75,7 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    method: Method = Field(default="denoise", description="denoise (the paper's method), imprint or sds")
     image_prompts: list[str] | None = None
     audio_prompts: list[str] | None = None
     pairs: list[PromptPair] | None = None
@@ -69,6 +85,7 @@ class SweepSpec(BaseModel):
     models: Models = Models()
     vocoder: Literal["hifigan", "griffinlim"] = "hifigan"
     crop: bool = False
+    video: bool = Field(default=False, description="also write video.mp4 per sample (the playhead video)")
     output: str | None = Field(default=None, description="default output URI; --output overrides")
     batch_size: int = Field(default=16, ge=1, le=256, description="samples per worker call (one UNet batch)")
     workers: int | None = Field(default=None, ge=1, description="worker actors; default: one per GPU, else 1")
@@ -112,12 +129,20 @@ class SweepSpec(BaseModel):
             raise ValueError("a grid needs both image_prompts and audio_prompts")
         if not grid and not self.pairs:
             raise ValueError("give image_prompts and audio_prompts, or a non-empty list of pairs")
-        unknown = sorted(set(self.params) - set(PARAM_FIELDS))
+        allowed = param_fields(self.method)
+        unknown = sorted(set(self.params) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown params: {', '.join(unknown)} (allowed: {', '.join(PARAM_FIELDS)})")
+            raise ValueError(
+                f"unknown params for method {self.method}: {', '.join(unknown)} (allowed: {', '.join(allowed)})"
+            )
         for image, audio in self.prompt_pairs():
-            SampleRequest(image_prompt=image, audio_prompt=audio, seed=self.seed, **self.params)
+            self.request(image, audio)
         return self
+
+    def request(self, image_prompt: str, audio_prompt: str):
+        """Sample 0 of a pair: the method's request type with the spec's params."""
+        request_type = REQUEST_TYPES[self.method]
+        return request_type(image_prompt=image_prompt, audio_prompt=audio_prompt, seed=self.seed, **self.params)
 
     def prompt_pairs(self) -> list[tuple[str, str]]:
         """The pairs in grid order: image-major (image prompt i, then every audio prompt)."""
@@ -127,13 +152,16 @@ class SweepSpec(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What, besides the request, decides a sample's output: hashed into every sample id (not the scoring)."""
-        return {
+        identity = {
             "image_model": self.models.image,
             "audio_model": self.models.audio,
             "dtype": self.models.dtype,
             "vocoder": self.vocoder,
             "crop": self.crop,
         }
+        if self.method == "sds":  # the picture comes from IF, not from the image model
+            identity["image_model"] = self.models.image_prior
+        return identity
 
 
 @dataclass(frozen=True)
@@ -141,7 +169,7 @@ class GridPoint:
     sample_id: str
     pair_index: int
     sample_index: int
-    request: SampleRequest
+    request: Any  # the method's request type: SampleRequest, ImprintRequest or SDSSettings
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -172,7 +200,7 @@ def expand(spec: SweepSpec) -> list[GridPoint]:
     identity = spec.identity()
     points = []
     for pair_index, (image, audio) in enumerate(spec.prompt_pairs()):
-        base = SampleRequest(image_prompt=image, audio_prompt=audio, seed=spec.seed, **spec.params)
+        base = spec.request(image, audio)
         for sample_index, request in enumerate(base.expand(spec.samples_per_pair)):
             points.append(GridPoint(request.sample_id(identity), pair_index, sample_index, request))
     return points

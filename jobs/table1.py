@@ -10,6 +10,8 @@ defaults). The rows:
 
     Stable Diffusion alone (V)   the image model alone: audio_start_step = steps (the audio model never joins)
     Auffusion alone (A)          the audio model alone: image_start_step = steps
+    Imprint (A&V)                the imprint baseline: steps / 2 image steps, `steps` audio steps, ρ 0.5
+    SDS (A&V)                    the SDS baseline: --sds-iterations (40 000), 4 samples per pair, as the paper
     Ours (A&V)                   multimodal denoising with the spec's settings
 
 Scores are reported as the paper does: mean × 100 ± the 95 % margin 1.96 · std / √n × 100. The table is printed
@@ -36,33 +38,69 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 @dataclass(frozen=True)
 class Method:
-    """One row of Table 1: how its sweep differs from the spec, and what the paper reports (CLIP, CLAP; ×100)."""
+    """One row of Table 1: how its sweep differs from the spec, and what the paper reports (CLIP, CLAP; ×100).
+
+    `sweep(data, params)` turns the spec's fields (`data`, a dict) into this row's: `params` holds the spec's
+    steps, start steps, guidance and size with the defaults filled in.
+    """
 
     name: str  # also the output sub-folder
     label: str
     modality: str
     paper_clip: tuple[float, float]
     paper_clap: tuple[float, float]
-    params: Callable[[dict[str, Any]], dict[str, Any]]
+    sweep: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
-def _image_alone(params: dict[str, Any]) -> dict[str, Any]:
-    return {**params, "image_start_step": 0, "audio_start_step": params["steps"]}
+def _image_alone(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "params": {**data["params"], "image_start_step": 0, "audio_start_step": params["steps"]}}
 
 
-def _audio_alone(params: dict[str, Any]) -> dict[str, Any]:
-    return {**params, "image_start_step": params["steps"], "audio_start_step": 0}
+def _audio_alone(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "params": {**data["params"], "image_start_step": params["steps"], "audio_start_step": 0}}
 
 
-# Paper Table 1 (mean ± 95 % CI, ×100).
+def _ours(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+def _imprint(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The reference imprint: 50 image / 100 audio steps at the paper's 100 (half and all of the spec's steps)."""
+    imprint = {
+        "image_steps": max(1, round(params["steps"] / 2)),
+        "audio_steps": params["steps"],
+        "height": params["height"],
+        "width": params["width"],
+    }
+    return {**data, "method": "imprint", "params": imprint}
+
+
+def _sds(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The paper's SDS: 40 000 iterations (image loss from 5 000), 4 samples per pair "due to its slower speed"."""
+    iterations = params["sds_iterations"]
+    sds = {
+        "iterations": iterations,
+        "image_start_step": iterations // 8,
+        "height": params["height"],
+        "width": params["width"],
+        "crop_size": min(256, params["height"], params["width"]),
+    }
+    samples = min(4, data["samples_per_pair"])
+    return {**data, "method": "sds", "params": sds, "samples_per_pair": samples, "batch_size": 1}
+
+
+# Paper Table 1 (mean ± 95 % CI, ×100), in the paper's order.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("image-alone", "Stable Diffusion alone", "V", (34.5, 0.1), (2.2, 0.2), _image_alone),
         Method("audio-alone", "Auffusion alone", "A", (22.5, 0.1), (48.3, 0.6), _audio_alone),
-        Method("ours", "Ours (multimodal denoising)", "A&V", (28.2, 0.1), (33.5, 0.9), dict),
+        Method("imprint", "Imprint", "A&V", (27.2, 0.2), (32.3, 1.0), _imprint),
+        Method("sds", "SDS", "A&V", (25.4, 0.2), (23.4, 1.4), _sds),
+        Method("ours", "Ours (multimodal denoising)", "A&V", (28.2, 0.1), (33.5, 0.9), _ours),
     )
 }
+SDS_ITERATIONS = 40_000
 
 
 def reduce_spec(spec: SweepSpec, pairs: int | None, samples_per_pair: int | None, steps: int | None) -> SweepSpec:
@@ -87,18 +125,19 @@ def reduce_spec(spec: SweepSpec, pairs: int | None, samples_per_pair: int | None
     return SweepSpec.model_validate(data)
 
 
-def method_spec(spec: SweepSpec, method: Method) -> SweepSpec:
+def method_spec(spec: SweepSpec, method: Method, sds_iterations: int = SDS_ITERATIONS) -> SweepSpec:
     """The sweep of one row: the spec's grid and models, the method's settings, always scored."""
     from imgsound_core.request import SampleRequest
 
+    if spec.method != "denoise":
+        raise SpecError(f"Table 1 starts from a spec of the paper's method (method: denoise), not {spec.method}")
     defaults = SampleRequest(image_prompt="-", audio_prompt="-").to_dict()
-    params = {name: spec.params.get(name, defaults[name]) for name in ("steps", "image_start_step", "audio_start_step")}
+    params = {name: spec.params.get(name, defaults[name]) for name in ("steps", "height", "width")}
     data = spec.model_dump()
     data["name"] = f"{spec.name}-{method.name}"
-    data["params"] = {**spec.params, **method.params(params)}
     data["scoring"] = (spec.scoring or Scoring()).model_dump()
     data["output"] = None
-    return SweepSpec.model_validate(data)
+    return SweepSpec.model_validate(method.sweep(data, {**params, "sds_iterations": sds_iterations}))
 
 
 def mean_margin(values: list[float]) -> tuple[float, float]:
@@ -158,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=None, help="only the first N prompt pairs (a reduced grid)")
     parser.add_argument("--samples-per-pair", type=int, default=None, help="samples per pair (default: the spec's)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the spec's)")
+    parser.add_argument(
+        "--sds-iterations", type=int, default=SDS_ITERATIONS, help="SDS optimisation steps [%(default)s]"
+    )
     parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
     parser.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else 1)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
@@ -168,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in METHODS]
         if unknown or not names:
             raise SpecError(f"unknown method {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
-        for flag in ("pairs", "samples_per_pair", "steps"):
+        for flag in ("pairs", "samples_per_pair", "steps", "sds_iterations"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 raise SpecError(f"--{flag.replace('_', '-')} must be at least 1")
         spec = reduce_spec(load_spec(args.spec), args.pairs, args.samples_per_pair, args.steps)
         methods = [METHODS[n] for n in names]
-        specs = [method_spec(spec, m) for m in methods]
+        specs = [method_spec(spec, m, args.sds_iterations) for m in methods]
         store = open_store(args.output, endpoint_url=args.endpoint_url)
         store.check_writable()
     except (SpecError, StoreError) as error:

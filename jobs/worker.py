@@ -8,29 +8,32 @@ row never names a file that is not there.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from imgsound_core import __version__
-from imgsound_core.artifacts import ARTIFACT_NAMES, render_artifacts
+from imgsound_core.artifacts import CROP_COLUMNS, png_bytes, render_artifacts
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
+from imgsound_core.imprint import ImprintSampler
 from imgsound_core.models.bundle import load_bundle, parse_dtype
-from imgsound_core.request import SampleRequest
 from imgsound_core.sampler import Sampler
-from jobs.manifest import batch_part_key, parquet_bytes, table_from_rows
-from jobs.spec import SweepSpec
+from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows
+from jobs.spec import REQUEST_TYPES, SweepSpec
 from jobs.store import open_store
 
-# Written last: its presence means the sample folder is complete.
-ARTIFACT_ORDER = tuple(n for n in ARTIFACT_NAMES if n != "sample.json") + ("sample.json",)
 URI_COLUMNS = {
     "image.png": "image_uri",
     "spectrogram.png": "spectrogram_uri",
     "spectrogram.npy": "spectrogram_npy_uri",
     "audio.wav": "audio_uri",
+    "video.mp4": "video_uri",
     "sample.json": "record_uri",
 }
 
@@ -56,16 +59,27 @@ class SweepWorker:
         self.store = open_store(output_uri, endpoint_url=endpoint_url)
         self.device = resolve_device(self.spec.models.device)
         dtype = parse_dtype(self.spec.models.dtype)
-        models = self.spec.models
-        self.image = load_bundle(models.image, "image", device=self.device, dtype=dtype)
+        models, method = self.spec.models, self.spec.method
+        if method == "sds":  # IF stage I is the image prior; no image model
+            from imgsound_core.models.deepfloyd import load_if_stage
+
+            self.image = load_if_stage(models.image_prior, 1, device=self.device, dtype=dtype)
+        else:
+            self.image = load_bundle(models.image, "image", device=self.device, dtype=dtype)
         audio_parts = {"unet", "vae", "text"} | ({"vocoder"} if self.spec.vocoder == "hifigan" else set())
         self.audio = load_bundle(models.audio, "audio", parts=audio_parts, device=self.device, dtype=dtype)
-        vocoder = (
+        self.vocoder = (
             HiFiGANVocoder(self.audio.vocoder, device=self.device, dtype=next(self.audio.vocoder.parameters()).dtype)
             if self.spec.vocoder == "hifigan"
             else GriffinLimVocoder()
         )
-        self.sampler = Sampler(self.image, self.audio, vocoder, max_batch_samples=self.spec.batch_size)
+        if method == "denoise":
+            self.sampler = Sampler(self.image, self.audio, self.vocoder, max_batch_samples=self.spec.batch_size)
+        elif method == "imprint":
+            self.sampler = ImprintSampler(self.image, self.audio, self.vocoder, self.spec.batch_size)
+        else:
+            for module in (self.image.unet, self.audio.unet, self.audio.vae):
+                module.requires_grad_(False)  # only the picture learns
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -73,20 +87,48 @@ class SweepWorker:
 
         Returns `{"part": key, "sample_ids": [...]}`. Idempotent: a retried batch rewrites the same files.
         """
-        requests = [SampleRequest.from_dict(p["request"]) for p in points]
+        request_type = REQUEST_TYPES[self.spec.method]
+        requests = [request_type.from_dict(p["request"]) for p in points]
         rows = []
-        for result in self.sampler.generate(requests):
+        for result in self._generate(requests):
             point = points[int(result.key)]
             rows.append(self._store_sample(point, result))
         part = batch_part_key(p["sample_id"] for p in points)
         self.store.put_bytes(part, parquet_bytes(table_from_rows(rows)))
         return {"part": part, "sample_ids": [r["sample_id"] for r in rows]}
 
+    def _generate(self, requests: list) -> Iterator[Any]:
+        """Results with `key`, `request`, `image`, `spectrogram`, `waveform`, `timings_s`, whatever the method."""
+        if self.spec.method != "sds":
+            yield from self.sampler.generate(requests)
+            return
+        from imgsound_core.audio.vocoder import spectrogram_to_waveform
+        from imgsound_core.sds import SDSRun
+
+        for index, settings in enumerate(requests):  # one optimisation per sample: nothing to batch across them
+            started = time.perf_counter()
+            run = SDSRun(settings, self.image, self.audio, device=self.device)
+            run.run()
+            picture = run.render()
+            spectrogram = picture.mean(dim=0)
+            optimised = time.perf_counter()
+            waveform = spectrogram_to_waveform(spectrogram[None], self.vocoder)[0].float().cpu()
+            yield SimpleNamespace(
+                key=str(index),
+                request=settings,
+                image=picture.expand(3, -1, -1),
+                spectrogram=spectrogram,
+                waveform=waveform,
+                timings_s={"denoise": optimised - started, "decode": 0.0, "vocode": time.perf_counter() - optimised},
+            )
+
     def _store_sample(self, point: dict[str, Any], result) -> dict[str, Any]:
         spec, request = self.spec, result.request
         sample_id = point["sample_id"]
+        settings = request.to_dict()
         record = {
-            **request.to_dict(),
+            **({"method": spec.method} if spec.method != "denoise" else {}),
+            **settings,
             "sample_id": sample_id,
             "sweep": spec.name,
             "pair_index": point["pair_index"],
@@ -97,19 +139,31 @@ class SweepWorker:
             "timings_s": result.timings_s,
             "versions": {"imgsound": __version__, "torch": torch.__version__},
         }
-        artifacts = render_artifacts(result.image, result.spectrogram, result.waveform, record, crop=spec.crop)
+        artifacts = render_artifacts(
+            result.image, result.spectrogram, result.waveform, record, crop=spec.crop, video=spec.video
+        )
+        original = getattr(result, "original_spectrogram", None)  # imprint: the spectrogram before the imprint
+        if original is not None:
+            if spec.crop:
+                original = original[..., : original.shape[-1] - CROP_COLUMNS]
+            artifacts["spectrogram_original.png"] = png_bytes(original)
         uris = {}
-        for name in ARTIFACT_ORDER:
-            uris[URI_COLUMNS[name]] = self.store.put_bytes(f"samples/{sample_id}/{name}", artifacts[name])
+        for name in [n for n in artifacts if n != "sample.json"] + ["sample.json"]:  # sample.json last: complete
+            uri = self.store.put_bytes(f"samples/{sample_id}/{name}", artifacts[name])
+            if name in URI_COLUMNS:
+                uris[URI_COLUMNS[name]] = uri
         return {
-            **{k: v for k, v in request.to_dict().items()},
+            **{column: None for column in COLUMNS},
+            **{k: v for k, v in settings.items() if k in COLUMNS},
             "sample_id": sample_id,
             "sweep": spec.name,
+            "method": spec.method,
+            "settings_json": json.dumps(settings, sort_keys=True),
             "pair_index": point["pair_index"],
             "sample_index": point["sample_index"],
             "vocoder": spec.vocoder,
             "crop": spec.crop,
-            "image_model": spec.models.image,
+            "image_model": spec.identity()["image_model"],
             "audio_model": spec.models.audio,
             "image_model_revision": self.image.revision,
             "audio_model_revision": self.audio.revision,
@@ -122,8 +176,4 @@ class SweepWorker:
             "status": "ok",
             "worker": self.name,
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "clip_score": None,
-            "clap_score": None,
-            "cycle_mae": None,
-            "cycle_correlation": None,
         }

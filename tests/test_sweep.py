@@ -272,9 +272,12 @@ def test_reduced_table1_scores_every_method_and_prints_every_row(tmp_path, tiny_
         scoring={"clip": str(tiny_models / "clip"), "clap": str(tiny_models / "clap"), "device": "cpu"},
         params={"steps": 8, "image_start_step": 1, "height": 64, "width": 256},
     )
+    data = yaml.safe_load(spec.read_text())
+    data["models"]["image_prior"] = str(tiny_models / "if-stage-1")  # the SDS row's image prior
+    spec.write_text(yaml.safe_dump(data))
     output = tmp_path / "table1"
     command = [sys.executable, "-m", "jobs.table1", str(spec), "--output", str(output), "--pairs", "2"]
-    command += ["--samples-per-pair", "1", "--steps", "2"]
+    command += ["--samples-per-pair", "1", "--steps", "2", "--sds-iterations", "2"]
     env = {**ray_cluster["env"], "RAY_ADDRESS": "auto", "IMGSOUND_WORKER_THREADS": "1"}
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -293,8 +296,10 @@ def test_reduced_table1_scores_every_method_and_prints_every_row(tmp_path, tiny_
         assert f"{row['clip'][0]:.1f} ± {row['clip'][1]:.1f}" in line
     steps = {
         m: pq.read_table(output / m / "manifest.parquet").to_pandas()[["image_start_step", "audio_start_step"]]
-        for m in METHODS
+        for m in ("image-alone", "audio-alone", "ours")
     }
+    methods = {m: pq.read_table(output / m / "manifest.parquet").column("method").to_pylist() for m in METHODS}
+    assert methods["imprint"] == ["imprint"] * 2 and methods["sds"] == ["sds"] * 2
     assert (steps["image-alone"].audio_start_step == 2).all() and (steps["image-alone"].image_start_step == 0).all()
     assert (steps["audio-alone"].image_start_step == 2).all() and (steps["audio-alone"].audio_start_step == 0).all()
     assert (steps["ours"].image_start_step == 0).all()  # round(1 · 2 / 8): the warm start scaled with the steps

@@ -1,0 +1,83 @@
+"""Sweeps of the baselines (imprint, SDS) without Ray: spec validation, ids, the worker's rows and files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.manifest import MANIFEST_FILE, read_parquet_bytes
+from jobs.spec import SweepSpec, expand
+from jobs.store import LocalStore
+from jobs.sweep import finalize, plan, point_payload
+from jobs.worker import SweepWorker
+
+pytestmark = pytest.mark.slow
+
+
+def spec_data(tiny_models, method: str, params: dict) -> dict:
+    return {
+        "name": f"tiny-{method}",
+        "method": method,
+        "pairs": [{"image": "castle towers", "audio": "bell ringing"}],
+        "samples_per_pair": 2,
+        "params": params,
+        "models": {
+            "image": str(tiny_models / "image"),
+            "audio": str(tiny_models / "audio"),
+            "image_prior": str(tiny_models / "if-stage-1"),
+            "dtype": "fp32",
+            "device": "cpu",
+        },
+        "crop": True,
+        "batch_size": 2,
+    }
+
+
+def run_sweep_in_process(spec: SweepSpec, root) -> list[dict]:
+    store = LocalStore(root)
+    points, batches = plan(spec, store)
+    worker = SweepWorker(spec.model_dump(), str(root))
+    for batch in batches:
+        worker.run([point_payload(p) for p in batch])
+    finalize(store, points)
+    return read_parquet_bytes(store.get_bytes(MANIFEST_FILE)).to_pylist()
+
+
+def test_params_are_checked_against_the_methods_own_fields(tiny_models):
+    with pytest.raises(ValueError, match="unknown params for method imprint: steps"):
+        SweepSpec.model_validate(spec_data(tiny_models, "imprint", {"steps": 4}))
+    with pytest.raises(ValueError, match="ratio"):
+        SweepSpec.model_validate(spec_data(tiny_models, "imprint", {"ratio": 3}))
+    with pytest.raises(ValueError, match="image_start_step must be between 0 and iterations"):
+        SweepSpec.model_validate(spec_data(tiny_models, "sds", {"iterations": 2, "image_start_step": 5}))
+    imprint = SweepSpec.model_validate(spec_data(tiny_models, "imprint", {"image_steps": 2}))
+    denoise = SweepSpec.model_validate(spec_data(tiny_models, "denoise", {"steps": 2, "image_start_step": 1}))
+    assert {p.sample_id for p in expand(imprint)}.isdisjoint(p.sample_id for p in expand(denoise))
+
+
+def test_an_imprint_sweep_writes_rows_and_files(tmp_path, tiny_models):
+    params = {"image_steps": 2, "audio_steps": 3, "height": 64, "width": 256}
+    spec = SweepSpec.model_validate({**spec_data(tiny_models, "imprint", params), "video": True})
+    rows = run_sweep_in_process(spec, tmp_path)
+    assert [r["seed"] for r in rows] == [0, 1] and {r["method"] for r in rows} == {"imprint"}
+    assert rows[0]["steps"] is None  # the denoise-only columns stay empty; settings_json has the method's own
+    assert json.loads(rows[0]["settings_json"])["audio_steps"] == 3
+    for row in rows:
+        folder = tmp_path / "samples" / row["sample_id"]
+        for name in ("image.png", "spectrogram.png", "spectrogram_original.png", "audio.wav", "sample.json"):
+            assert (folder / name).is_file(), name
+        assert row["video_uri"] == (folder / "video.mp4").as_uri()  # `video: true` in the spec
+        assert (folder / "video.mp4").read_bytes()[4:8] == b"ftyp"
+        assert json.loads((folder / "sample.json").read_text())["method"] == "imprint"
+
+
+def test_an_sds_sweep_writes_rows_and_files(tmp_path, tiny_models):
+    params = {"iterations": 2, "image_start_step": 1, "height": 64, "width": 256, "crop_size": 64, "hidden": 8}
+    spec = SweepSpec.model_validate({**spec_data(tiny_models, "sds", params), "samples_per_pair": 1})
+    rows = run_sweep_in_process(spec, tmp_path)
+    assert len(rows) == 1 and rows[0]["method"] == "sds" and rows[0]["video_uri"] is None
+    assert rows[0]["image_model"] == str(tiny_models / "if-stage-1")  # the image prior, part of the sample id
+    record = json.loads((tmp_path / "samples" / rows[0]["sample_id"] / "sample.json").read_text())
+    assert record["iterations"] == 2 and record["image_guidance"] == 80.0
+    assert rows[0]["denoise_s"] > 0
