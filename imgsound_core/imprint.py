@@ -16,8 +16,6 @@ step counts share UNet batches — so imprint is batched like the method itself.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +27,7 @@ from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
 from imgsound_core.decode import decode_latents, spectrogram_from_decoded
 from imgsound_core.models.bundle import ModelBundle
 from imgsound_core.noise import latent_shape
-from imgsound_core.request import RequestError, SampleRequest
+from imgsound_core.request import RequestError, SampleRequest, content_id, known_fields
 from imgsound_core.sampler import ProgressCallback, Sampler
 
 
@@ -97,20 +95,14 @@ class ImprintRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImprintRequest:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise RequestError(f"unknown imprint field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data, "imprint"))
 
     def expand(self, num_samples: int) -> list[ImprintRequest]:
         """Sample i has seed `seed + i`, as in the method."""
         return [dataclasses.replace(self, seed=r.seed) for r in self.image_request().expand(num_samples)]
 
     def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
-        payload = {"method": "imprint", "request": self.to_dict(), "context": dict(context or {})}
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        return content_id({"method": "imprint", "request": self.to_dict(), "context": dict(context or {})})
 
 
 def imprint_latents(seed: int, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,24 @@ class RequestError(ValueError):
     """A request parameter is invalid; the message is one sentence naming the field."""
 
 
+def known_fields(request_type: type, data: Mapping[str, Any], what: str = "request") -> dict[str, Any]:
+    """`data` as keyword arguments of the dataclass `request_type`; unknown keys and missing prompts are errors
+    (a misspelt key must not silently fall back to a default)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(request_type)})
+    if unknown:
+        raise RequestError(f"unknown {what} field(s): {', '.join(unknown)}")
+    for required in ("image_prompt", "audio_prompt"):
+        if required not in data:
+            raise RequestError(f"{required} is required")
+    return dict(data)
+
+
+def content_id(payload: Mapping[str, Any]) -> str:
+    """A stable id: the first 16 hex digits of SHA-256 over the canonical JSON of `payload`."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     """One sample of the multimodal denoising method.
@@ -101,13 +119,7 @@ class SampleRequest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SampleRequest:
         """Build from a mapping; unknown keys are an error (a misspelt key must not silently fall back)."""
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise RequestError(f"unknown request field(s): {', '.join(unknown)}")
-        for required in ("image_prompt", "audio_prompt"):
-            if required not in data:
-                raise RequestError(f"{required} is required")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,9 +130,7 @@ class SampleRequest:
     def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
         """A stable id: the first 16 hex digits of SHA-256 over the canonical JSON of the request (+ `context`,
         e.g. model ids, that also decide the output)."""
-        payload = {"request": self.to_dict(), "context": dict(context or {})}
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        return content_id({"request": self.to_dict(), "context": dict(context or {})})
 
     def expand(self, num_samples: int) -> list[SampleRequest]:
         """The requests of samples 0..num_samples−1: sample i has seed `seed + i` (the reference code's rule)."""

@@ -22,8 +22,6 @@ uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgsound_core.request import MAX_PROMPT_CHARS, RequestError
+from imgsound_core.request import MAX_PROMPT_CHARS, RequestError, content_id, known_fields
 
 T_MIN_FRACTION, T_MAX_FRACTION = 0.02, 0.98  # timesteps sampled in [20, 980] of 1000, as the reference
 
@@ -187,11 +185,7 @@ class SDSSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SDSSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise RequestError(f"unknown SDS setting(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data, "SDS"))
 
     def expand(self, num_samples: int) -> list[SDSSettings]:
         """Sample i has seed `seed + i`."""
@@ -200,9 +194,7 @@ class SDSSettings:
         return [dataclasses.replace(self, seed=self.seed + i) for i in range(num_samples)]
 
     def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
-        payload = {"method": "sds", "request": self.to_dict(), "context": dict(context or {})}
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        return content_id({"method": "sds", "request": self.to_dict(), "context": dict(context or {})})
 
 
 class SDSRun:

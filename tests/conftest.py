@@ -43,6 +43,12 @@ def tiny_bundles(tiny_models):
     return image, audio
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    """`IMGSOUND_DEBUG` turns user errors into tracebacks; the tests check the user-facing behaviour."""
+    monkeypatch.delenv("IMGSOUND_DEBUG", raising=False)
+
+
 @pytest.fixture()
 def single_thread():
     """Some numerics tests compare runs; one thread keeps timings stable on a busy 2-core machine."""

@@ -16,7 +16,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from PIL import Image
 from imgsound_core.cli import build_parser, main
 from imgsound_core.models.download import select_files
 from imgsound_core.request import SampleRequest
+from tests.cli_helpers import Outcome, assert_user_error, run_main
 
 IMGSOUND = Path(sys.executable).with_name("imgsound")
 SAMPLE_RATE_HZ = 16000
@@ -36,21 +36,6 @@ ARTIFACTS = {"image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sa
 # Cheap generation: three DDIM steps, the image model joining at step 1.
 FAST = ("--steps", "3", "--image-start-step", "1")
 SMALL = ("--height", "64", "--width", "256")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one `imgsound` invocation returned."""
-
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`IMGSOUND_DEBUG` turns user errors into tracebacks; these tests check the user-facing behaviour."""
-    monkeypatch.delenv("IMGSOUND_DEBUG", raising=False)
 
 
 def _subprocess_env(**updates: str) -> dict[str, str]:
@@ -77,17 +62,6 @@ def run_script(*args: str | Path, env: dict[str, str] | None = None, timeout: fl
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
-def run_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Outcome:
-    """Call `main` in-process; argparse's own exits (usage errors, --help) become exit codes too."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
 def generate_args(models: Path, out: Path, *extra: str | Path) -> list[str | Path]:
     """`generate` on the tiny models; later flags in `extra` override the defaults given here."""
     return [
@@ -105,18 +79,6 @@ def generate_args(models: Path, out: Path, *extra: str | Path) -> list[str | Pat
         *FAST,
         *extra,
     ]
-
-
-def assert_user_error(outcome: Outcome, *words: str) -> str:
-    """Exit code 2 and exactly one stderr line, `imgsound: error: …`, naming `words`; returns the message."""
-    assert outcome.code == 2, outcome
-    assert "Traceback" not in outcome.err
-    lines = outcome.err.strip().splitlines()
-    assert len(lines) == 1, outcome.err
-    assert lines[0].startswith("imgsound: error: "), outcome.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def assert_usage_error(outcome: Outcome, flag: str) -> None:

@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from imgsound_core.cli import main
 from imgsound_core.colorize import (
     COLOUR_VIEW,
     ColorizeSettings,
@@ -29,6 +28,7 @@ from imgsound_core.colorize import (
     sum_components,
 )
 from imgsound_core.models.deepfloyd import load_if_stage
+from tests.cli_helpers import run_main
 
 PROMPT = "a colorful photo of kittens"
 FAST = ColorizeSettings(steps=4, start_step=1)  # 3 stage-I steps + 4 stage-II steps
@@ -45,11 +45,6 @@ def _gradient_picture(height: int = 64, width: int = 256) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def stages(tiny_models: Path):
     return load_if_stage(tiny_models / "if-stage-1", 1), load_if_stage(tiny_models / "if-stage-2", 2)
-
-
-@pytest.fixture()
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("IMGSOUND_DEBUG", raising=False)
 
 
 # --- the view seam --------------------------------------------------------------------------------------------------
@@ -176,13 +171,8 @@ def _sample_folder(root: Path, name: str = "sample_000", picture: torch.Tensor |
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    outcome = run_main(capsys, *args)
+    return outcome.code, outcome.out, outcome.err
 
 
 def _models(tiny_models: Path) -> list[str]:

@@ -10,7 +10,6 @@ import json
 import struct
 import subprocess
 import wave
-from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -23,41 +22,10 @@ from PIL import Image
 from imgsound_core import provenance
 from imgsound_core.artifacts import png_bytes, render_artifacts, wav_bytes
 from imgsound_core.cli import main
+from tests.cli_helpers import assert_user_error, run_main
 
 PROMPTS = {"image_prompt": "a château at dusk, grayscale", "audio_prompt": "bells ringing — 鐘の音"}
 WIDTH, CROPPED_WIDTH, HEIGHT = 256, 224, 64
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("IMGSOUND_DEBUG", raising=False)
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Outcome:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
-def assert_user_error(outcome: Outcome, *words: str) -> None:
-    """Exit code 2 and one stderr sentence, `imgsound: error: …`, naming `words`."""
-    assert outcome.code == 2, outcome
-    lines = outcome.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imgsound: error: "), outcome.err
-    assert "Traceback" not in outcome.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 def record(**updates) -> dict:

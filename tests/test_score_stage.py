@@ -11,9 +11,8 @@ from imgsound_core.scoring import ClapScorer, ClipScorer, cycle_consistency, dec
 from jobs.manifest import MANIFEST_FILE, read_parquet_bytes
 from jobs.score import SCORE_COLUMNS, SCORES_PREFIX, ScoreWorker, apply_scores, read_scores, unscored_rows
 from jobs.spec import SweepSpec, load_spec
-from jobs.store import LocalStore
-from jobs.sweep import finalize, plan, point_payload
-from jobs.worker import SweepWorker
+from jobs.sweep import finalize
+from tests.in_process import run_sweep_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +37,7 @@ def generated(tmp_path_factory, tiny_models):
             "batch_size": 4,
         }
     )
-    store = LocalStore(root)
-    points, batches = plan(spec, store)
-    worker = SweepWorker(spec.model_dump(), str(root))
-    for batch in batches:
-        worker.run([point_payload(p) for p in batch])
-    finalize(store, points)
+    store, points = run_sweep_in_process(spec, root)
     return spec, store, points
 
 

@@ -8,9 +8,7 @@ import pytest
 
 from jobs.manifest import MANIFEST_FILE, read_parquet_bytes
 from jobs.spec import SweepSpec, expand
-from jobs.store import LocalStore
-from jobs.sweep import finalize, plan, point_payload
-from jobs.worker import SweepWorker
+from tests.in_process import run_sweep_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +32,8 @@ def spec_data(tiny_models, method: str, params: dict) -> dict:
     }
 
 
-def run_sweep_in_process(spec: SweepSpec, root) -> list[dict]:
-    store = LocalStore(root)
-    points, batches = plan(spec, store)
-    worker = SweepWorker(spec.model_dump(), str(root))
-    for batch in batches:
-        worker.run([point_payload(p) for p in batch])
-    finalize(store, points)
+def manifest_rows(spec: SweepSpec, root) -> list[dict]:
+    store, _ = run_sweep_in_process(spec, root)
     return read_parquet_bytes(store.get_bytes(MANIFEST_FILE)).to_pylist()
 
 
@@ -59,7 +52,7 @@ def test_params_are_checked_against_the_methods_own_fields(tiny_models):
 def test_an_imprint_sweep_writes_rows_and_files(tmp_path, tiny_models):
     params = {"image_steps": 2, "audio_steps": 3, "height": 64, "width": 256}
     spec = SweepSpec.model_validate({**spec_data(tiny_models, "imprint", params), "video": True})
-    rows = run_sweep_in_process(spec, tmp_path)
+    rows = manifest_rows(spec, tmp_path)
     assert [r["seed"] for r in rows] == [0, 1] and {r["method"] for r in rows} == {"imprint"}
     assert rows[0]["steps"] is None  # the denoise-only columns stay empty; settings_json has the method's own
     assert json.loads(rows[0]["settings_json"])["audio_steps"] == 3
@@ -75,7 +68,7 @@ def test_an_imprint_sweep_writes_rows_and_files(tmp_path, tiny_models):
 def test_an_sds_sweep_writes_rows_and_files(tmp_path, tiny_models):
     params = {"iterations": 2, "image_start_step": 1, "height": 64, "width": 256, "crop_size": 64, "hidden": 8}
     spec = SweepSpec.model_validate({**spec_data(tiny_models, "sds", params), "samples_per_pair": 1})
-    rows = run_sweep_in_process(spec, tmp_path)
+    rows = manifest_rows(spec, tmp_path)
     assert len(rows) == 1 and rows[0]["method"] == "sds" and rows[0]["video_uri"] is None
     assert rows[0]["image_model"] == str(tiny_models / "if-stage-1")  # the image prior, part of the sample id
     record = json.loads((tmp_path / "samples" / rows[0]["sample_id"] / "sample.json").read_text())

@@ -10,7 +10,6 @@ import math
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -32,44 +31,13 @@ from imgsound_core.video import (
     render_frame,
     render_video,
 )
+from tests.cli_helpers import assert_user_error, run_main
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 SAMPLE_RATE_HZ = 16000
 # Cheap generation: 2 steps at 64 × 256, cropped to 224 columns = 2.24 s of audio.
 WIDTH, CROPPED_WIDTH, HEIGHT = 256, 224, 64
 PROMPTS = {"image_prompt": "a lighthouse at dusk", "audio_prompt": "waves on a beach"}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("IMGSOUND_DEBUG", raising=False)
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Outcome:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
-def assert_user_error(outcome: Outcome, *words: str) -> None:
-    """Exit code 2 and one stderr sentence, `imgsound: error: …`, naming `words`."""
-    assert outcome.code == 2, outcome
-    lines = outcome.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imgsound: error: "), outcome.err
-    assert "Traceback" not in outcome.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.fixture(scope="module")
