@@ -47,13 +47,13 @@ class ScoreWorker:
     ) -> None:
         import torch
 
-        from imgsound_core.cli import _quiet_libraries
+        from imgsound_core.cli import quiet_libraries
         from imgsound_core.scoring import SampleScorer
         from jobs.worker import resolve_device
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        _quiet_libraries()
+        quiet_libraries()
         self.scoring = Scoring.model_validate(scoring)
         self.store = open_store(output_uri, endpoint_url=endpoint_url)
         device = resolve_device(self.scoring.device)

@@ -52,9 +52,9 @@ class SweepWorker:
     ) -> None:
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        from imgsound_core.cli import _quiet_libraries
+        from imgsound_core.cli import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
         self.spec = SweepSpec.model_validate(spec)
         self.store = open_store(output_uri, endpoint_url=endpoint_url)
         self.device = resolve_device(self.spec.models.device)

@@ -1,0 +1,267 @@
+"""What the `imgsound` commands share: the usage exit code and `CliError`, argument helpers, sample folders on disk,
+atomic writes, vocoder loading and the run's library versions.
+
+Everything heavy (torch, diffusers, PIL, the library's own models) is imported inside the functions, so that building
+the parser for `imgsound --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+# argparse's subparsers object, which each command module adds its parser to; its class is private.
+Subparsers = argparse._SubParsersAction
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one sentence, exit code 2."""
+
+
+# --- arguments ------------------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype of the commands that load weights."""
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … [%(default)s]")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="weights dtype [%(default)s]")
+
+
+def add_model_args(parser: argparse.ArgumentParser, image: bool = True, audio: bool = True) -> None:
+    """--image-model and/or --audio-model (defaults from the environment), then --device and --dtype."""
+    from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
+
+    if image:
+        parser.add_argument(
+            "--image-model",
+            default=os.environ.get("IMGSOUND_IMAGE_MODEL", DEFAULT_IMAGE_MODEL),
+            help="folder or hub id of the image model (SD-1.5 layout; env IMGSOUND_IMAGE_MODEL) [%(default)s]",
+        )
+    if audio:
+        parser.add_argument(
+            "--audio-model",
+            default=os.environ.get("IMGSOUND_AUDIO_MODEL", DEFAULT_AUDIO_MODEL),
+            help="folder or hub id of the audio model (Auffusion layout; env IMGSOUND_AUDIO_MODEL) [%(default)s]",
+        )
+    add_device_args(parser)
+
+
+def add_if_model_args(parser: argparse.ArgumentParser) -> None:
+    """--stage-1-model and --stage-2-model: the two DeepFloyd IF stages (defaults from the environment)."""
+    from imgsound_core.models.deepfloyd import DEFAULT_IF_STAGE_1, DEFAULT_IF_STAGE_2
+
+    parser.add_argument(
+        "--stage-1-model",
+        default=os.environ.get("IMGSOUND_IF_STAGE_1_MODEL", DEFAULT_IF_STAGE_1),
+        help="folder or hub id of DeepFloyd IF stage I (env IMGSOUND_IF_STAGE_1_MODEL) [%(default)s]",
+    )
+    parser.add_argument(
+        "--stage-2-model",
+        default=os.environ.get("IMGSOUND_IF_STAGE_2_MODEL", DEFAULT_IF_STAGE_2),
+        help="folder or hub id of DeepFloyd IF stage II (env IMGSOUND_IF_STAGE_2_MODEL) [%(default)s]",
+    )
+
+
+def add_sample_args(
+    parser: argparse.ArgumentParser,
+    *,
+    prior: str = "model",
+    num_samples_help: str = "samples to generate [%(default)s]",
+    width_help: str = "pixels; multiple of 8 [%(default)s]",
+    vocoder_help: str = "[%(default)s]",
+    crop_help: str = "drop the last 32 columns, as the paper does",
+    overwrite_help: str = "replace sample folders that already exist in OUT",
+) -> None:
+    """The flags of every command that makes samples (generate, imprint, sds): the two prompts and their negatives,
+    seed, number of samples, size, vocoder, crop, --overwrite and --out.
+
+    The defaults are `SampleRequest`'s; the keyword arguments are the help texts that differ between commands
+    (`prior` names what the negative prompts steer: the image/audio "model" or "prior").
+    """
+    from imgsound_core.request import SampleRequest
+
+    defaults = SampleRequest(image_prompt="-", audio_prompt="-")
+    parser.add_argument("--image-prompt", required=True, help="what the spectrogram should look like")
+    parser.add_argument("--audio-prompt", required=True, help="what it should sound like")
+    parser.add_argument("--image-negative", default="", help=f"negative prompt of the image {prior} ['']")
+    parser.add_argument("--audio-negative", default="", help=f"negative prompt of the audio {prior} ['']")
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of sample 0; sample i uses seed+i [%(default)s]"
+    )
+    parser.add_argument("--num-samples", type=positive_int, default=1, help=num_samples_help)
+    parser.add_argument("--height", type=int, default=defaults.height, help="pixels; multiple of 8 [%(default)s]")
+    parser.add_argument("--width", type=int, default=defaults.width, help=width_help)
+    parser.add_argument("--vocoder", choices=("hifigan", "griffinlim"), default="hifigan", help=vocoder_help)
+    parser.add_argument("--crop", action="store_true", help=crop_help)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+
+
+# --- sample folders -------------------------------------------------------------------------------------------------
+
+
+def sample_folder(out: Path, index: int) -> Path:
+    """Where sample `index` of a run into OUT goes."""
+    return out / f"sample_{index:03d}"
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuses an --out that exists and is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a folder")
+
+
+def sample_targets(out: Path, count: int, overwrite: bool) -> list[Path]:
+    """The folders of `count` new samples in OUT; checked before any model loads, so that a run never spends
+    minutes loading weights only to refuse its output folder."""
+    targets = [sample_folder(out, index) for index in range(count)]
+    check_out_folder(out)
+    existing = [target for target in targets if target.exists()]
+    if existing and not overwrite:
+        raise CliError(f"{existing[0]} already exists; choose another --out or pass --overwrite")
+    return targets
+
+
+def sample_dirs(root: Path) -> list[Path]:
+    """Every sample folder (one holding sample.json) under `root`, sorted."""
+    if not root.is_dir():
+        raise CliError(f"{root} is not a folder")
+    folders = sorted({p.parent for p in root.rglob("sample.json")})
+    if not folders:
+        raise CliError(f"{root} holds no sample folders (none has a sample.json)")
+    return folders
+
+
+def named_sample_dirs(paths: list[Path]) -> list[Path]:
+    """SAMPLE_DIR arguments → sample folders: a folder holding sample.json is one; any other folder stands for the
+    sample folders under it."""
+    folders: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise CliError(f"{path} is not a folder")
+        folders += [path] if (path / "sample.json").is_file() else sample_dirs(path)
+    return folders
+
+
+def read_sample(folder: Path):
+    """A sample folder's record, its spectrogram.png as float32 in [0, 1], and its audio.wav with the sample rate."""
+    import json
+
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    try:
+        record = json.loads((folder / "sample.json").read_text())
+        with Image.open(folder / "spectrogram.png") as picture:
+            gray = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+        waveform, rate = soundfile.read(folder / "audio.wav", dtype="float32")
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CliError(f"{folder} is not a complete sample folder ({error})") from None
+    return record, gray, waveform, rate
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in the same folder: an interrupted run leaves no half file."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def update_record(folder: Path, record: dict, updates: dict) -> None:
+    """Rewrites the folder's sample.json as `record` with `updates` merged in."""
+    import json
+
+    atomic_write_bytes(
+        folder / "sample.json", (json.dumps({**record, **updates}, indent=2, sort_keys=True) + "\n").encode()
+    )
+
+
+def utc_timestamp() -> str:
+    """The `created_utc` of a record: now, to the second."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+# --- models and runs ------------------------------------------------------------------------------------------------
+
+
+def load_audio_bundle(model: str, vocoder: str, device, dtype):
+    """The audio model's UNet, VAE and text encoder, and its HiFi-GAN only when --vocoder hifigan needs it."""
+    from imgsound_core.models.bundle import load_bundle
+
+    parts = {"unet", "vae", "text"} | ({"vocoder"} if vocoder == "hifigan" else set())
+    return load_bundle(model, "audio", parts=parts, device=device, dtype=dtype)
+
+
+def load_vocoder(name: str, audio_bundle=None, audio_model: str | None = None, device: str = "cpu"):
+    """Griffin-Lim, or HiFi-GAN: the loaded audio bundle's, else the one of `audio_model` (the default model's)."""
+    from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
+
+    if name == "griffinlim":
+        return GriffinLimVocoder()
+    if audio_bundle is not None:
+        return HiFiGANVocoder(
+            audio_bundle.vocoder, device=audio_bundle.device, dtype=next(audio_bundle.vocoder.parameters()).dtype
+        )
+    from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, load_bundle
+
+    bundle = load_bundle(audio_model or DEFAULT_AUDIO_MODEL, "audio", parts={"vocoder"}, device=device)
+    return HiFiGANVocoder(bundle.vocoder, device=bundle.device)
+
+
+def versions() -> dict[str, str]:
+    """The versions of imgsound and the libraries that shape its output, for the sample's record."""
+    import diffusers
+    import torch
+    import transformers
+
+    from imgsound_core import __version__
+
+    return {
+        "imgsound": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def summary(name: str, values: list[float]) -> str:
+    """`values`' mean with a 95% confidence interval, both ×100, the way the paper reports scores."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    margin = 1.96 * array.std() / np.sqrt(len(array)) if len(array) > 1 else 0.0
+    return f"{name} {100 * array.mean():.1f} ± {100 * margin:.1f} (×100, 95% CI, n={len(array)})"
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers log load-time chatter (and their own progress bars) that users cannot act on."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging_module in (diffusers_logging, transformers_logging):
+        logging_module.set_verbosity_error()
+        logging_module.disable_progress_bar()

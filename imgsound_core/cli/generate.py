@@ -1,0 +1,142 @@
+"""`imgsound generate`: the paper's method, both diffusion models denoising one latent, into sample folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from imgsound_core.cli.common import (
+    CliError,
+    Subparsers,
+    add_model_args,
+    add_sample_args,
+    load_audio_bundle,
+    load_vocoder,
+    positive_int,
+    sample_targets,
+    utc_timestamp,
+    versions,
+)
+
+
+def add_generate_parser(sub: Subparsers) -> None:
+    from imgsound_core.request import SampleRequest
+
+    defaults = SampleRequest(image_prompt="-", audio_prompt="-")
+    gen = sub.add_parser(
+        "generate",
+        help="generate samples (picture, spectrogram, audio) from an image prompt and an audio prompt",
+        description="Multimodal denoising: both diffusion models denoise one latent together. Writes "
+        "OUT/sample_000/, OUT/sample_001/, … each with image.png, spectrogram.png, spectrogram.npy, audio.wav "
+        "and sample.json.",
+    )
+    add_sample_args(
+        gen,
+        width_help="pixels (100 columns = 1 s); multiple of 8 [%(default)s]",
+        vocoder_help="spectrogram → audio [%(default)s]",
+        crop_help="drop the last 32 columns (0.32 s) of pictures and audio, as the paper does",
+    )
+    gen.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps [%(default)s]")
+    gen.add_argument(
+        "--image-guidance", type=float, default=defaults.image_guidance, help="image CFG scale [%(default)s]"
+    )
+    gen.add_argument(
+        "--audio-guidance", type=float, default=defaults.audio_guidance, help="audio CFG scale [%(default)s]"
+    )
+    gen.add_argument(
+        "--image-start-step",
+        type=int,
+        default=defaults.image_start_step,
+        help="first step at which the image model contributes (warm start) [%(default)s]",
+    )
+    gen.add_argument(
+        "--audio-start-step",
+        type=int,
+        default=defaults.audio_start_step,
+        help="first step at which the audio model contributes [%(default)s]",
+    )
+    gen.add_argument(
+        "--audio-weight",
+        type=float,
+        default=defaults.audio_weight,
+        help="weight w of the audio estimate when both are active: (1-w)·ε_image + w·ε_audio [%(default)s]",
+    )
+    gen.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help="samples denoised together in one UNet call per model [%(default)s]",
+    )
+    gen.add_argument(
+        "--video",
+        action="store_true",
+        help="also write video.mp4 in each sample folder: the spectrogram with a playhead, the sound and the prompts "
+        "(`imgsound video` offers other layouts)",
+    )
+    add_model_args(gen)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from imgsound_core.artifacts import render_artifacts, write_sample_dir
+    from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
+    from imgsound_core.request import SampleRequest
+    from imgsound_core.sampler import Sampler
+    from imgsound_core.video import VideoError
+
+    request = SampleRequest(
+        image_prompt=args.image_prompt,
+        audio_prompt=args.audio_prompt,
+        image_negative=args.image_negative,
+        audio_negative=args.audio_negative,
+        steps=args.steps,
+        image_guidance=args.image_guidance,
+        audio_guidance=args.audio_guidance,
+        image_start_step=args.image_start_step,
+        audio_start_step=args.audio_start_step,
+        audio_weight=args.audio_weight,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+    )
+    requests = request.expand(args.num_samples)
+    targets = sample_targets(args.out, len(requests), args.overwrite)
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype)
+
+    t0 = time.perf_counter()
+    image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
+    audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
+    vocoder = load_vocoder(args.vocoder, audio_bundle=audio)
+    load_s = time.perf_counter() - t0
+    sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size)
+    context = {"image_model": image.describe(), "audio_model": audio.describe(), "vocoder": args.vocoder}
+    run_versions = versions()
+
+    total = sum(r.steps for r in requests)
+    with tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr) as bar:
+        for result in sampler.generate(requests, progress=bar.update):
+            index = int(result.key)
+            req = result.request
+            record: dict[str, Any] = {
+                **req.to_dict(),
+                "sample_id": req.sample_id(context),
+                "sample_index": index,
+                **context,
+                "device": str(device),
+                "dtype": args.dtype,
+                "timings_s": {**result.timings_s, "model_load": load_s},
+                "versions": run_versions,
+                "created_utc": utc_timestamp(),
+            }
+            try:
+                artifacts = render_artifacts(
+                    result.image, result.spectrogram, result.waveform, record, crop=args.crop, video=args.video
+                )
+            except VideoError as error:
+                raise CliError(f"the video of sample {index} failed: {error}") from None
+            write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
+            bar.write(f"wrote {targets[index]}", file=sys.stderr)
