@@ -142,4 +142,6 @@ def cmd_gallery(args: argparse.Namespace) -> None:
             )
     except GalleryError as error:
         raise CliError(str(error)) from None
-    print(f"wrote {built.index} ({len(built.records)} samples, {built.pages} pages): open it in a browser")
+    samples = f"{len(built.records)} sample{'s' if len(built.records) != 1 else ''}"
+    pages = f"{built.pages} page{'s' if built.pages != 1 else ''}"
+    print(f"wrote {built.index} ({samples}, {pages}): open it in a browser")
