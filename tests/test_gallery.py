@@ -4,7 +4,8 @@ Sources are built from real artifacts (`render_artifacts` on small smooth random
 folder, a sweep folder with a manifest (consolidated or parts only), a manifest.parquet path, and a sweep on a
 local S3 server. The page is driven in real headless Chromium from `file://`: cards, playback and the playhead,
 seeking, sorting, grouping, filtering, favourites and their export, keys, pages, and missing files at view time.
-One test writes docs/gallery.png, the README's picture of the gallery.
+One test takes docs/gallery.png, the README's picture of the gallery (written when missing or with
+IMGSOUND_UPDATE_DOCS=1).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -660,6 +662,12 @@ def test_screenshot_for_the_readme(page, site: Path) -> None:
     page.wait_for_function("() => document.querySelector('.card audio').readyState >= 1")
     page.mouse.move(0, 0)
     shot = Image.open(io.BytesIO(page.screenshot()))
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shot.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(SCREENSHOT, optimize=True)
-    assert SCREENSHOT.stat().st_size < 400_000
+    assert shot.size == (1100, 620)
+    buffer = io.BytesIO()
+    shot.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG", optimize=True)
+    assert len(buffer.getvalue()) < 400_000
+    # Rendering differs by a few pixels from run to run: the README's copy is written when missing or asked for
+    # (IMGSOUND_UPDATE_DOCS=1), so a test run leaves the working tree clean.
+    if not SCREENSHOT.exists() or os.environ.get("IMGSOUND_UPDATE_DOCS") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SCREENSHOT.write_bytes(buffer.getvalue())
