@@ -42,6 +42,19 @@ def spectrogram_windows(spectrogram: torch.Tensor) -> np.ndarray:
     return pixels[..., None].repeat(1, 1, 1, 3).numpy()
 
 
+def resolve_scorer(source: str) -> str:
+    """A scorer's folder or hub id → what `from_pretrained` should read: a hub id that `imgsound download --scorers`
+    wrote under `IMGSOUND_MODELS_DIR` becomes that folder (so specs keep hub ids on an offline cluster)."""
+    from pathlib import Path
+
+    from imgsound_core.models.bundle import find_downloaded
+
+    if Path(source).expanduser().is_dir():
+        return source
+    downloaded = find_downloaded(source)
+    return str(downloaded[0]) if downloaded is not None else source
+
+
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True)
 
@@ -55,8 +68,9 @@ class ClipScorer:
     def __init__(self, source: str = CLIP_MODEL_ID, device: str | torch.device = "cpu", batch_size: int = 64) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.processor = CLIPProcessor.from_pretrained(source)
-        self.model = CLIPModel.from_pretrained(source).to(device).eval()
+        path = resolve_scorer(source)
+        self.processor = CLIPProcessor.from_pretrained(path)
+        self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
 
@@ -96,8 +110,9 @@ class ClapScorer:
     def __init__(self, source: str = CLAP_MODEL_ID, device: str | torch.device = "cpu") -> None:
         from transformers import ClapModel, ClapProcessor
 
-        self.processor = ClapProcessor.from_pretrained(source)
-        self.model = ClapModel.from_pretrained(source).to(device).eval()
+        path = resolve_scorer(source)
+        self.processor = ClapProcessor.from_pretrained(path)
+        self.model = ClapModel.from_pretrained(path).to(device).eval()
         self.device = torch.device(device)
 
     @torch.inference_mode()

@@ -468,12 +468,12 @@ def test_setup_installs_the_mounted_project_with_the_same_ray() -> None:
 
 
 def test_gpu_workers_download_the_models_before_ray_starts() -> None:
-    """GPU workers run `imgsound download /models` (the path the RayJob mounts) as a setup command, without
+    """GPU workers run `imgsound download /models --scorers` (the path the RayJob mounts) as a setup command, without
     HF_HUB_OFFLINE (the download refuses it); the head, which has no GPU, downloads nothing."""
     config = cluster_config()
     downloads = [command for command in config["worker_setup_commands"] if "imgsound download" in command]
     assert len(downloads) == 1, downloads
-    assert shlex.split(downloads[0])[-3:] == ["imgsound", "download", MODELS_MOUNT]
+    assert shlex.split(downloads[0])[-4:] == ["imgsound", "download", MODELS_MOUNT, "--scorers"]
     for key in ("setup_commands", "worker_setup_commands", "initialization_commands"):
         assert not any("HF_HUB_OFFLINE" in command for command in config.get(key, [])), key
     assert not any("imgsound download" in command for command in config.get("head_setup_commands", []))

@@ -563,14 +563,16 @@ def test_models_claim_is_read_only_many() -> None:
 
 
 def test_download_job_writes_the_claim_the_workers_read() -> None:
-    """The Job runs `imgsound download /models` with the models PVC mounted writable at /models, with network
+    """The Job runs `imgsound download /models --scorers` (the models and the CLIP/CLAP scorers) with the models
+    PVC mounted writable at /models, with network
     access to the hub allowed (HF_HUB_OFFLINE unset: the download refuses to run with it)."""
     job = only("Job")
     assert job["apiVersion"] == "batch/v1"
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] in ("OnFailure", "Never")
     container = pod["containers"][0]
-    assert [*container.get("command", []), *container.get("args", [])] == ["imgsound", "download", "/models"]
+    command = [*container.get("command", []), *container.get("args", [])]
+    assert command == ["imgsound", "download", "/models", "--scorers"]
     assert "HF_HUB_OFFLINE" not in env_of(container)
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     mounts = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/models"]

@@ -160,3 +160,51 @@ def test_score_and_cycle_check_commands_write_into_sample_json(tiny_models, tmp_
         assert record["image_prompt"] == "castle"  # the rest of the record is kept
     assert main(["score", str(tmp_path / "empty")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_scorer_files_are_chosen_from_the_real_repo_layouts():
+    from imgsound_core.models.download import select_scorer_files
+
+    clip_repo = [".gitattributes", "README.md", "config.json", "flax_model.msgpack", "merges.txt", "model.safetensors"]
+    clip_repo += ["preprocessor_config.json", "pytorch_model.bin", "special_tokens_map.json", "tf_model.h5"]
+    clip_repo += ["tokenizer.json", "tokenizer_config.json", "vocab.json"]
+    assert select_scorer_files(clip_repo) == [
+        "config.json",
+        "merges.txt",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
+    clap_repo = ["config.json", "preprocessor_config.json", "pytorch_model.bin", "tokenizer.json", "vocab.json"]
+    assert "pytorch_model.bin" in select_scorer_files(clap_repo)  # no safetensors: the pickle, loaded safely
+
+
+def test_scorer_hub_ids_resolve_to_downloaded_folders(tmp_path, tiny_models, monkeypatch):
+    """A spec keeps `openai/clip-vit-base-patch16`; on an offline cluster IMGSOUND_MODELS_DIR points at the download."""
+    import shutil
+
+    from imgsound_core.models.download import write_source_record
+    from imgsound_core.scoring import CLIP_MODEL_ID, resolve_scorer
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models / "clip", root / "clip")
+    write_source_record(root / "clip", CLIP_MODEL_ID, "abc123")
+    monkeypatch.setenv("IMGSOUND_MODELS_DIR", str(root))
+    assert resolve_scorer(CLIP_MODEL_ID) == str(root / "clip")
+    assert resolve_scorer(str(tiny_models / "clap")) == str(tiny_models / "clap")  # a folder stays itself
+    scorer = ClipScorer(CLIP_MODEL_ID)
+    direct = ClipScorer(str(tiny_models / "clip"))
+    picture = torch.rand(64, 256, generator=torch.Generator().manual_seed(0))
+    assert scorer.score([picture], ["castle"]) == direct.score([picture], ["castle"])
+
+
+def test_scorer_download_refuses_to_run_offline(tmp_path, monkeypatch):
+    from imgsound_core.models.download import download_scorer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set"):
+        download_scorer("openai/clip-vit-base-patch16", tmp_path / "clip")
+    assert not (tmp_path / "clip").exists()

@@ -44,11 +44,18 @@ def add_download_parser(sub: Subparsers) -> None:
         "pages and log in first) into DIR/if-stage-1 and DIR/if-stage-2",
     )
     add_if_model_args(download)
+    download.add_argument(
+        "--scorers",
+        action="store_true",
+        help="also download the CLIP and CLAP scorers (imgsound score, sweeps' scoring, Table 1) into DIR/clip and "
+        "DIR/clap",
+    )
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     from imgsound_core.models.deepfloyd import STAGE_FOLDERS, licence_note
-    from imgsound_core.models.download import download_model
+    from imgsound_core.models.download import download_model, download_scorer
+    from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
 
     jobs = [("image", args.image_model), ("audio", args.audio_model)]
     if args.deepfloyd:
@@ -64,6 +71,17 @@ def cmd_download(args: argparse.Namespace) -> None:
         for conversion in conversions:
             if not conversion.skipped:
                 print(f"converted {conversion.pickle_path} → {conversion.safetensors_path}", file=sys.stderr)
+    if args.scorers:
+        for name, repo in (("clip", CLIP_MODEL_ID), ("clap", CLAP_MODEL_ID)):
+            print(f"downloading {repo} → {args.dir / name}", file=sys.stderr)
+            try:
+                download_scorer(repo, args.dir / name)
+            except RuntimeError as error:
+                raise CliError(str(error)) from None
+        print(
+            f"scorers: pass --clip-model {args.dir / 'clip'} --clap-model {args.dir / 'clap'}, or set "
+            f"IMGSOUND_MODELS_DIR={args.dir} to keep using their hub ids"
+        )
     if args.deepfloyd:
         print(f"done: pass --stage-1-model {args.dir / STAGE_FOLDERS[1]} --stage-2-model {args.dir / STAGE_FOLDERS[2]}")
         return

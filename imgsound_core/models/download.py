@@ -106,6 +106,50 @@ def select_if_files(repo_files: Iterable[str], text_encoder: bool = True, varian
     return sorted(chosen)
 
 
+# A transformers-layout repo (the CLIP and CLAP scorers): configs, tokenizer and processor files, one weights file.
+SCORER_SMALL_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+SCORER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def select_scorer_files(repo_files: Iterable[str]) -> list[str]:
+    """The files of a transformers-layout repo that a scorer loads: top-level configs and tokenizer files, and one
+    weights file (safetensors when published). Pure: testable on a file list."""
+    files = set(repo_files)
+    chosen = [name for name in SCORER_SMALL_FILES if name in files]
+    weights = next((name for name in SCORER_WEIGHTS if name in files), None)
+    return sorted(chosen + ([weights] if weights else []))
+
+
+def download_scorer(repo_id: str, target: Path, revision: str | None = None) -> Path:
+    """Download a CLIP/CLAP scorer repo into `target` and record its source (for `IMGSOUND_MODELS_DIR` lookups)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise RuntimeError(f"cannot download {repo_id}: HF_HUB_OFFLINE is set")
+    try:
+        info = HfApi().model_info(repo_id, revision=revision)
+    except Exception as error:  # noqa: BLE001 - network, auth and not-found errors all end the same way
+        raise RuntimeError(
+            f"cannot list {repo_id} on the Hugging Face hub ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+    wanted = select_scorer_files(s.rfilename for s in info.siblings or [])
+    if not any(name in wanted for name in SCORER_WEIGHTS):
+        raise RuntimeError(f"{repo_id} has no model.safetensors or pytorch_model.bin at its top level")
+    target.mkdir(parents=True, exist_ok=True)
+    snapshot_download(repo_id, revision=revision, local_dir=target, allow_patterns=wanted)
+    write_source_record(target, repo_id, info.sha or revision)
+    return target
+
+
 def download_model(repo_id: str, target: Path, revision: str | None = None) -> tuple[Path, list[Conversion]]:
     """Download `repo_id` into `target` (resumable; existing complete files are kept) and convert pickles."""
     from huggingface_hub import HfApi, snapshot_download
