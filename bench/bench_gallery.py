@@ -1,11 +1,12 @@
 """How quickly the gallery opens on a large sweep: build a 2 000-sample gallery and time its first page in Chromium.
 
-A sweep folder of N samples (manifest.parquet + samples/<id>/…, real-size 256×1024 pictures and 10.24 s of audio;
-a few distinct artifact sets shared through hard links, so that setting up is quick) → `collect_samples` +
-`build_gallery` (timed: thumbnails and copies for every sample) → headless Chromium opens file://…/index.html,
-each run in a fresh context. Measured from navigation start: the first page's cards in the document (the page's
-own `firstRenderMs`), the thumbnails in view decoded, the load event; and a re-sort of all N by CLIP + CLAP. The
-same page on a gallery of one page (its first `--page-size` samples) is the baseline: what the browser costs anyway.
+A sweep folder of N samples (manifest.parquet + samples/<id>/…, real-size 256×1024 pictures and 10.24 s of
+audio; a few distinct artifact sets shared through hard links, so that setting up is quick) →
+`jobs.gallery.collect_sweep_samples` + `build_gallery` (timed: thumbnails and copies for every sample) → headless
+Chromium opens file://…/index.html, each run in a fresh context. Measured from navigation start: the first page's
+cards in the document (the page's own `firstRenderMs`), the thumbnails in view decoded, the load event; and a
+re-sort of all N by CLIP + CLAP. The same page on a gallery of one page (its first `--page-size` samples) is the
+baseline: what the browser costs anyway.
 
     python bench/bench_gallery.py                        # 2 000 samples, 50 cards a page, 5 runs
     python bench/bench_gallery.py --samples 10000 --json bench/results/gallery.json
@@ -31,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imgsound_core.artifacts import render_artifacts  # noqa: E402
-from imgsound_core.gallery import build_gallery, collect_samples  # noqa: E402
+from imgsound_core.gallery import build_gallery  # noqa: E402
+from jobs.gallery import collect_sweep_samples  # noqa: E402
 from jobs.manifest import COLUMNS, MANIFEST_FILE, parquet_bytes, table_from_rows  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -148,7 +150,7 @@ def main() -> None:
         write_sweep(root, args.samples)
         setup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        samples = collect_samples(root)
+        samples = collect_sweep_samples(root)
         collect_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         build_gallery(samples, out, page_size=args.page_size)

@@ -1,10 +1,10 @@
 """The curation gallery: a static web page to look at, listen to, sort, filter and pick samples.
 
-Source → records → site. `collect_samples(source)` reads an `imgsound generate` output folder, a sweep output (a
-folder or `s3://bucket/prefix` holding `manifest.parquet` and `samples/<sample_id>/…`), a `manifest.parquet`, or a
-server output store (`<sample_id>/sample.json`) into `GallerySample`s: a `GalleryRecord` — what the page shows,
-JSON-ready, no paths — and the `SampleFiles` its picture, spectrogram and sound are read from. `build_gallery`
-copies those three files into `DIR/media/<key>/`, writes small thumbnails next to them, the data script
+Source → records → site. `collect_samples(source)` reads an `imgsound generate` output folder into
+`GallerySample`s: a `GalleryRecord` — what the page shows, JSON-ready, no paths — and the `SampleFiles` its
+picture, spectrogram and sound are read from. Sweeps (a manifest and `samples/<sample_id>/`, in a folder or on S3)
+and server output stores are read by `jobs.gallery` into the same `GallerySample`s: no storage code here.
+`build_gallery` copies those three files into `DIR/media/<key>/`, writes small thumbnails next to them, the data script
 `DIR/data/samples.js` and the page itself (`index.html`, `gallery.js`, `gallery.css` from `gallery_static/`), all in
 a hidden temporary folder renamed into place: a DIR that exists is complete.
 
@@ -17,7 +17,7 @@ the very same page over its output store:
     GET /gallery              → redirect to /gallery/ (the page's URLs are relative to it)
     GET /gallery/             → static_asset("index.html"); /gallery/gallery.js, /gallery/gallery.css likewise
     GET /gallery/data/samples.js
-                              → samples = collect_store_samples(store)   (cache it: one listing of the store)
+                              → samples = jobs.gallery.collect_store_samples(store)   (cache it: one listing)
                                 data_script([s.record for s in samples],
                                             media_url=lambda record, role: f"media/{record.key}/{role}")
     GET /gallery/media/<key>/<role>
@@ -81,10 +81,11 @@ MEDIA_ROLES = tuple(MEDIA_FILES)
 # Decoders meeting corrupt bytes raise more than OSError (truncated zlib streams, bad chunk headers).
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
-_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-# jobs.manifest's MANIFEST_FILE and MANIFEST_PREFIX, spelled out: importing it loads pyarrow, which a generate
-# folder does not need (test_gallery checks that they agree).
+URI_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# jobs.manifest's MANIFEST_FILE and MANIFEST_PREFIX, spelled out, to recognise a sweep and send it to jobs.gallery
+# (test_gallery checks that they agree).
 _SWEEP_MANIFEST, _SWEEP_PARTS = "manifest.parquet", "manifest/"
+SWEEP_GALLERY_HINT = "build the gallery of a sweep or an output store with `python -m jobs.gallery SOURCE --out DIR`"
 
 
 class GalleryError(Exception):
@@ -138,26 +139,6 @@ class FolderFiles:
 
 
 @dataclass(frozen=True)
-class StoreFiles:
-    """A sample's files under `prefix` in a jobs.store Store (a local folder or S3)."""
-
-    store: Any
-    prefix: str
-
-    @property
-    def where(self) -> str:
-        return self.store.uri_for(self.prefix)
-
-    def read(self, name: str) -> bytes:
-        from jobs.store import StoreError
-
-        try:
-            return self.store.get_bytes(f"{self.prefix}/{name}")
-        except StoreError as error:
-            raise GalleryError(str(error).rstrip(".")) from None
-
-
-@dataclass(frozen=True)
 class GallerySample:
     record: GalleryRecord
     files: SampleFiles
@@ -185,6 +166,12 @@ class GalleryBuild:
     @property
     def pages(self) -> int:
         return max(1, math.ceil(len(self.records) / self.page_size))
+
+    @property
+    def summary(self) -> str:
+        samples = f"{len(self.records)} sample{'s' if len(self.records) != 1 else ''}"
+        pages = f"{self.pages} page{'s' if self.pages != 1 else ''}"
+        return f"wrote {self.index} ({samples}, {pages}): open it in a browser"
 
 
 # ---- records ------------------------------------------------------------------------------------------------------
@@ -254,32 +241,22 @@ def record_from_manifest_row(row: Mapping[str, Any], key: str = "") -> GalleryRe
 
 
 def collect_samples(source: str | os.PathLike) -> list[GallerySample]:
-    """The samples of `source`, in its own order; GalleryError if it holds none or cannot be read.
-
-    `source`: an `imgsound generate` output folder (every folder under it holding a `sample.json`); a sweep output
-    folder, `file:///…` or `s3://bucket/prefix` (its `manifest.parquet`, else its manifest parts, else the
-    `<sample_id>/sample.json` folders a server writes); or a `manifest.parquet` path, whose samples are read from
-    `samples/<sample_id>/` next to it.
-    """
+    """The samples of an `imgsound generate` output folder (every folder under it holding a `sample.json`), in its
+    own order; GalleryError if it holds none or cannot be read, or if `source` is a sweep (see `jobs.gallery`)."""
     text = os.fspath(source)
-    if _URI_RE.match(text):
-        if text.endswith(".parquet"):
-            root, _, name = text.rstrip("/").rpartition("/")
-            return _collect_from_store(root, manifest_key=name)
-        return _collect_from_store(text)
     path = Path(text)
+    if URI_PATTERN.match(text) or text.endswith(".parquet"):
+        raise GalleryError(f"{text} is not a folder of samples; {SWEEP_GALLERY_HINT}")
     if path.is_file():
-        if path.suffix != ".parquet":
-            raise GalleryError(f"{path} is neither a folder of samples nor a manifest.parquet")
-        return _collect_from_store(str(path.parent), manifest_key=path.name)
+        raise GalleryError(f"{path} is not a folder of samples")
     if not path.is_dir():
         raise GalleryError(f"{path} does not exist")
     if (path / _SWEEP_MANIFEST).is_file() or (path / _SWEEP_PARTS).is_dir():
-        return _collect_from_store(str(path))
+        raise GalleryError(f"{path} is a sweep output; {SWEEP_GALLERY_HINT}")
     return _collect_from_folder(path)
 
 
-def _read_sample_json(data: bytes, where: str) -> dict[str, Any]:
+def read_sample_json(data: bytes, where: str) -> dict[str, Any]:
     try:
         record = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -296,82 +273,11 @@ def _collect_from_folder(root: Path) -> list[GallerySample]:
     if not folders:
         raise GalleryError(f"{root} holds no samples (no folder under it has a sample.json)")
     labels = [folder.relative_to(root).as_posix() if folder != root else root.name for folder in folders]
-    data = [_read_sample_json(FolderFiles(f).read("sample.json"), str(f / "sample.json")) for f in folders]
+    data = [read_sample_json(FolderFiles(f).read("sample.json"), str(f / "sample.json")) for f in folders]
     keys = unique_keys(str(d.get("sample_id") or label) for d, label in zip(data, labels))
     return [
         GallerySample(record_from_sample_json(d, label, key), FolderFiles(folder))
         for d, label, key, folder in zip(data, labels, keys, folders)
-    ]
-
-
-def _open_store(uri: str):
-    from jobs.store import StoreError, open_store
-
-    try:
-        return open_store(uri)
-    except StoreError as error:
-        raise GalleryError(str(error).rstrip(".")) from None
-
-
-def _collect_from_store(uri: str, manifest_key: str | None = None) -> list[GallerySample]:
-    """A sweep output (manifest + `samples/<id>/`) or a server output store (`<id>/sample.json`)."""
-    from jobs.store import StoreError
-
-    store = _open_store(uri)
-    try:
-        return collect_store_samples(store, manifest_key=manifest_key)
-    except StoreError as error:
-        raise GalleryError(str(error).rstrip(".")) from None
-
-
-def _manifest_rows(store: Any, manifest_key: str | None) -> list[dict[str, Any]] | None:
-    """The manifest's rows: `manifest_key`, else `manifest.parquet`, else the consolidated parts; None if none."""
-    import pyarrow as pa
-
-    from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, consolidate, read_parquet_bytes
-
-    def table(key: str):
-        try:
-            return read_parquet_bytes(store.get_bytes(key))
-        except FileNotFoundError:
-            raise GalleryError(f"{store.uri_for(key)} does not exist") from None
-        except (ValueError, pa.ArrowException) as error:  # not Parquet, or not the manifest's columns
-            reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-            raise GalleryError(f"{store.uri_for(key)} is not a readable manifest ({reason})") from None
-
-    if manifest_key is not None:
-        return table(manifest_key).to_pylist()
-    if store.exists(MANIFEST_FILE):
-        return table(MANIFEST_FILE).to_pylist()
-    parts = [key for key in store.list(MANIFEST_PREFIX) if key.endswith(".parquet")]
-    if parts:  # a sweep still running (or killed): its finished batches
-        return consolidate(table(key) for key in parts).to_pylist()
-    return None
-
-
-def collect_store_samples(store: Any, manifest_key: str | None = None, workers: int = 16) -> list[GallerySample]:
-    """The samples of a jobs.store Store: a sweep's (manifest rows, files under `samples/<id>/`) or, with no
-    manifest, a server output store's (`<id>/sample.json` folders, read concurrently); GalleryError if none."""
-    rows = _manifest_rows(store, manifest_key)
-    if rows is not None:
-        if not rows:
-            raise GalleryError(f"the manifest of {store.uri} has no rows: the sweep has not finished a sample yet")
-        keys = unique_keys(str(row["sample_id"]) for row in rows)
-        return [
-            GallerySample(record_from_manifest_row(row, key), StoreFiles(store, f"samples/{row['sample_id']}"))
-            for row, key in zip(rows, keys)
-        ]
-    prefixes = sorted({key.rpartition("/")[0] for key in store.list() if key.endswith("/sample.json")})
-    prefixes = [p for p in prefixes if not any(part.startswith((".", "_")) for part in p.split("/"))]
-    if not prefixes:
-        raise GalleryError(f"{store.uri} holds no samples (no manifest.parquet, no manifest parts, no sample.json)")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:  # S3: one GET each, latency-bound
-        blobs = list(pool.map(lambda p: store.get_bytes(f"{p}/sample.json"), prefixes))
-    data = [_read_sample_json(blob, store.uri_for(f"{p}/sample.json")) for blob, p in zip(blobs, prefixes)]
-    keys = unique_keys(str(d.get("sample_id") or p) for d, p in zip(data, prefixes))
-    return [
-        GallerySample(record_from_sample_json(d, p, key), StoreFiles(store, p))
-        for d, p, key in zip(data, prefixes, keys)
     ]
 
 
@@ -449,7 +355,7 @@ def static_media_url(record: GalleryRecord, role: str) -> str:
 def default_title(source: str | os.PathLike) -> str:
     """The page's title: "imgsound · " and the run's folder or prefix name (a manifest's folder for a manifest)."""
     text = os.fspath(source)
-    if _URI_RE.match(text):
+    if URI_PATTERN.match(text):
         parts = [part for part in text.split("/")[2:] if part]
     else:
         parts = list(Path(text).resolve().parts)
@@ -591,6 +497,18 @@ def build_gallery(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return GalleryBuild(out=out, records=done, page_size=page_size)
+
+
+def write_gallery(
+    samples: Sequence[GallerySample], out: str | os.PathLike, title: str, page_size: int, overwrite: bool
+) -> GalleryBuild:
+    """`build_gallery` with a progress bar on stderr (the commands' way)."""
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(samples), unit="sample", desc="gallery", disable=None, file=sys.stderr) as bar:
+        return build_gallery(samples, out, title=title, page_size=page_size, overwrite=overwrite, progress=bar.update)
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

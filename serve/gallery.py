@@ -21,11 +21,11 @@ from imgsound_core.gallery import (
     STATIC_ASSETS,
     GalleryError,
     GallerySample,
-    collect_store_samples,
     data_script,
     make_thumbnail,
     static_asset,
 )
+from jobs.gallery import collect_store_samples
 
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".webp": "image/webp", ".jpg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}

@@ -34,12 +34,12 @@ from imgsound_core.gallery import (
     STATIC_ASSETS,
     THUMB_MAX_SIZE,
     GalleryRecord,
-    collect_samples,
     data_script,
     make_thumbnail,
     static_asset,
     unique_keys,
 )
+from jobs.gallery import collect_sweep_samples
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
@@ -171,13 +171,15 @@ def write_sweep_folder(root: Path, specs: list[Spec], parts_only: bool = False) 
     return root
 
 
-def run_gallery(*args: str | Path) -> tuple[int, str, str]:
-    """`imgsound gallery …` in-process; (exit code, stdout, stderr)."""
+def run_gallery(*args: str | Path, sweep: bool = False) -> tuple[int, str, str]:
+    """`imgsound gallery …` (or, for sweeps, `python -m jobs.gallery …`) in-process; (exit code, stdout, stderr)."""
+    from jobs.gallery import main as sweep_gallery_main
+
     out, err = io.StringIO(), io.StringIO()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
-        code = main(["gallery", *map(str, args)])
+        code = sweep_gallery_main([*map(str, args)]) if sweep else main(["gallery", *map(str, args)])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
@@ -185,8 +187,8 @@ def run_gallery(*args: str | Path) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def build(source: str | Path, out: Path, *extra: str) -> Path:
-    code, stdout, stderr = run_gallery(source, "--out", out, *extra)
+def build(source: str | Path, out: Path, *extra: str, sweep: bool = False) -> Path:
+    code, stdout, stderr = run_gallery(source, "--out", out, *extra, sweep=sweep)
     assert code == 0, stderr
     assert f"wrote {out / 'index.html'}" in stdout
     return out
@@ -321,13 +323,15 @@ def test_manifest_sources(layout: str, tmp_path: Path) -> None:
         "file-uri": root.as_uri(),
         "parts-only": root,
     }[layout]
-    records = [s.record for s in collect_samples(source)]
+    records = [s.record for s in collect_sweep_samples(source)]
     assert [r.sample_id for r in records] == IDS
     assert [(r.clip_score, r.clap_score) for r in records] == [(s.clip, s.clap) for s in SPECS]
     assert records[3].label == "pair 1 · sample 3"
-    site = build(source, tmp_path / "site")
+    site = build(source, tmp_path / "site", sweep=True)
     assert [s["id"] for s in read_data(site)["samples"]] == IDS
     assert read_data(site)["title"] == "imgsound · sweep"
+    # The core command reads generate folders only, and says where sweeps go.
+    assert "python -m jobs.gallery" in build_error(source, tmp_path / "core")
 
 
 def test_s3_sweep_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,25 +355,26 @@ def test_s3_sweep_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
                 store.put_bytes(f"samples/{spec.sample_id}/{name}", data)
             rows.append(manifest_row(spec, index, tmp_path))
         store.put_bytes(MANIFEST_FILE, parquet_bytes(table_from_rows(rows)))
-        site = build("s3://gallery-test/runs/r1", tmp_path / "site")
+        site = build("s3://gallery-test/runs/r1", tmp_path / "site", sweep=True)
         data = read_data(site)
         assert [s["id"] for s in data["samples"]] == IDS[:2] and data["title"] == "imgsound · r1"
         sample = data["samples"][0]
         assert (site / sample["media"]["audio"]).read_bytes() == store.get_bytes(f"samples/{IDS[0]}/audio.wav")
-        missing = build_error("s3://gallery-test/nothing-here", tmp_path / "none")
+        missing = build_error("s3://gallery-test/nothing-here", tmp_path / "none", sweep=True)
         assert "holds no samples" in missing
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
 
 
-def build_error(source: str | Path, out: Path, *extra: str) -> str:
+def build_error(source: str | Path, out: Path, *extra: str, sweep: bool = False) -> str:
     """The one sentence of a refused build; nothing may be left at or beside `out`."""
     before = set(out.parent.iterdir()) if out.parent.exists() else set()
-    code, stdout, stderr = run_gallery(source, "--out", out, *extra)
+    code, stdout, stderr = run_gallery(source, "--out", out, *extra, sweep=sweep)
     assert code == 2, (stdout, stderr)
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imgsound: error: "), stderr
+    prefix = "gallery: error: " if sweep else "imgsound: error: "
+    assert len(lines) == 1 and lines[0].startswith(prefix), stderr
     assert "Traceback" not in stderr
     after = set(out.parent.iterdir()) if out.parent.exists() else set()
     assert not [p for p in after - before if p.name.startswith(".")], "half-written staging left behind"
@@ -382,7 +387,9 @@ def test_bad_sources(tmp_path: Path) -> None:
     assert "holds no samples" in build_error(empty, tmp_path / "out")
     assert "does not exist" in build_error(tmp_path / "nowhere", tmp_path / "out")
     (tmp_path / "notes.txt").write_text("hello")
-    assert "neither" in build_error(tmp_path / "notes.txt", tmp_path / "out")
+    assert "is not a folder of samples" in build_error(tmp_path / "notes.txt", tmp_path / "out")
+    assert "neither" in build_error(tmp_path / "notes.txt", tmp_path / "out", sweep=True)
+    assert "does not exist" in build_error(tmp_path / "nowhere", tmp_path / "out", sweep=True)
 
     no_wav = write_generate_folder(tmp_path / "no-wav", SPECS[:3])
     (no_wav / "sample_001" / "audio.wav").unlink()
@@ -404,11 +411,11 @@ def test_bad_sources(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "manifest.parquet").write_bytes(b"PAR1 garbage")
-    assert "is not a readable manifest" in build_error(sweep, tmp_path / "out")
+    assert "is not a readable manifest" in build_error(sweep, tmp_path / "out", sweep=True)
     from jobs.manifest import SCHEMA, parquet_bytes
 
     (sweep / "manifest.parquet").write_bytes(parquet_bytes(SCHEMA.empty_table()))
-    assert "has no rows" in build_error(sweep / "manifest.parquet", tmp_path / "out")
+    assert "has no rows" in build_error(sweep / "manifest.parquet", tmp_path / "out", sweep=True)
 
 
 def test_bad_targets(generate_source: Path, tmp_path: Path) -> None:

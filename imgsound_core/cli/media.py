@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -111,37 +110,25 @@ def add_gallery_parser(sub: Subparsers) -> None:
     gallery = sub.add_parser(
         "gallery",
         help="write a static web page to look at, listen to, sort and pick samples",
-        description="SOURCE is an `imgsound generate` output folder, a sweep output (a folder or "
-        "s3://bucket/prefix holding manifest.parquet and samples/) or a manifest.parquet. Writes DIR/index.html, "
+        description="SOURCE is an `imgsound generate` output folder (for a sweep or a server's output store: "
+        "`python -m jobs.gallery SOURCE --out DIR`, the same page). Writes DIR/index.html, "
         "which opens from disk or any static host: thumbnails and copies of every picture, spectrogram and sound, "
         "grouped by prompt pair, sorted and filtered by CLIP/CLAP score, with favourites exported as a JSON list "
         "of sample ids.",
     )
-    gallery.add_argument("source", metavar="SOURCE", help="generate output folder, sweep output, or manifest.parquet")
+    gallery.add_argument("source", metavar="SOURCE", help="an `imgsound generate` output folder")
     gallery.add_argument("--out", required=True, type=Path, metavar="DIR", help="the site's folder")
     gallery.add_argument("--overwrite", action="store_true", help="replace DIR if an earlier gallery is there")
     gallery.add_argument("--page-size", type=positive_int, default=50, metavar="N", help="cards per page [%(default)s]")
 
 
 def cmd_gallery(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from imgsound_core.gallery import GalleryError, build_gallery, check_target, collect_samples, default_title
+    from imgsound_core.gallery import GalleryError, check_target, collect_samples, default_title, write_gallery
 
     try:
         check_target(args.out, args.overwrite)  # before reading a large source, not after
         samples = collect_samples(args.source)
-        with tqdm(total=len(samples), unit="sample", desc="gallery", disable=None, file=sys.stderr) as bar:
-            built = build_gallery(
-                samples,
-                args.out,
-                title=default_title(args.source),
-                page_size=args.page_size,
-                overwrite=args.overwrite,
-                progress=bar.update,
-            )
+        built = write_gallery(samples, args.out, default_title(args.source), args.page_size, args.overwrite)
     except GalleryError as error:
         raise CliError(str(error)) from None
-    samples = f"{len(built.records)} sample{'s' if len(built.records) != 1 else ''}"
-    pages = f"{built.pages} page{'s' if built.pages != 1 else ''}"
-    print(f"wrote {built.index} ({samples}, {pages}): open it in a browser")
+    print(built.summary)
