@@ -23,9 +23,7 @@ from imgsound_core.sampler import Sampler  # noqa: E402
 def run(root: Path, device: str, dtype: torch.dtype, requests: list[SampleRequest]):
     image = load_bundle(root / "image", "image", device=device, dtype=dtype)
     audio = load_bundle(root / "audio", "audio", device=device, dtype=dtype)
-    sampler = Sampler(
-        image, audio, HiFiGANVocoder(audio.vocoder, device=device, dtype=next(audio.vocoder.parameters()).dtype)
-    )
+    sampler = Sampler(image, audio, HiFiGANVocoder.from_bundle(audio))
     return sorted(sampler.generate(requests), key=lambda r: int(r.key))
 
 

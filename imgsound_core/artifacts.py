@@ -83,6 +83,7 @@ def render_artifacts(
     record: Mapping[str, Any],
     crop: bool = False,
     *,
+    extra_pictures: Mapping[str, torch.Tensor] | None = None,
     video: bool = False,
     video_fps: int | None = None,
 ) -> dict[str, bytes]:
@@ -94,6 +95,8 @@ def render_artifacts(
             sample id, models, vocoder, crop, mel settings) also goes inside the PNGs and the WAV.
         crop: drop the last `CROP_COLUMNS` columns of the pictures and the matching audio; `spectrogram.npy`
             always keeps the full, uncropped spectrogram.
+        extra_pictures: more `(H, W)` or `(3, H, W)` pictures of the sample by file name (imprint's
+            `spectrogram_original.png`), cropped and labelled like the others.
         video: also render `video.mp4` (spectrogram layout with captions, `video.render_video`); off by default
             because it costs about as much as vocoding.
         video_fps: its frame rate (default `video.DEFAULT_FPS`).
@@ -105,6 +108,7 @@ def render_artifacts(
             raise ValueError(f"cannot crop {CROP_COLUMNS} columns from a {width}-column spectrogram")
         image = image[..., : width - CROP_COLUMNS]
         spectrogram = spectrogram[..., : width - CROP_COLUMNS]
+        extra_pictures = {name: p[..., : width - CROP_COLUMNS] for name, p in (extra_pictures or {}).items()}
         waveform = crop_waveform(waveform, CROP_COLUMNS, width)
     record = {**record, "crop_columns": CROP_COLUMNS if crop else 0, "audio_samples": int(waveform.shape[-1])}
     meta = provenance.sample_provenance(record)
@@ -114,6 +118,8 @@ def render_artifacts(
         "spectrogram.npy": npy_bytes(full_spectrogram),
         "audio.wav": wav_bytes(waveform, info=provenance.wav_info(meta)),
     }
+    for name, picture in (extra_pictures or {}).items():
+        artifacts[name] = png_bytes(picture, provenance.png_text(meta, name))
     if video:
         from imgsound_core.video import DEFAULT_FPS, render_video
 

@@ -303,6 +303,16 @@ class SDSRun:
         """The picture `(C, H, W)` in [0, 1], float32 on the CPU (train-mode BatchNorm, as the reference)."""
         return self.learner().float().cpu()
 
+    def sample(self, vocoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The current picture as a sample: `(3, H, W)` image, `(H, W)` spectrogram (its channel mean, what plays)
+        and the waveform `vocoder` makes of it."""
+        from imgsound_core.audio.vocoder import spectrogram_to_waveform
+
+        picture = self.render()
+        spectrogram = picture.mean(dim=0)
+        waveform = spectrogram_to_waveform(spectrogram[None], vocoder)[0].float().cpu()
+        return picture.expand(3, -1, -1), spectrogram, waveform
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "settings": self.settings.to_dict(),

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from imgsound_core import __version__
-from imgsound_core.artifacts import CROP_COLUMNS, png_bytes, render_artifacts
+from imgsound_core.artifacts import render_artifacts
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
 from imgsound_core.imprint import ImprintSampler
-from imgsound_core.models.bundle import load_bundle, parse_dtype
+from imgsound_core.models.bundle import audio_parts, load_bundle, parse_dtype
 from imgsound_core.sampler import Sampler
 from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows
 from jobs.spec import REQUEST_TYPES, SweepSpec
@@ -66,20 +66,13 @@ class SweepWorker:
             self.image = load_if_stage(models.image_prior, 1, device=self.device, dtype=dtype)
         else:
             self.image = load_bundle(models.image, "image", device=self.device, dtype=dtype)
-        audio_parts = {"unet", "vae", "text"} | ({"vocoder"} if self.spec.vocoder == "hifigan" else set())
-        self.audio = load_bundle(models.audio, "audio", parts=audio_parts, device=self.device, dtype=dtype)
-        self.vocoder = (
-            HiFiGANVocoder(self.audio.vocoder, device=self.device, dtype=next(self.audio.vocoder.parameters()).dtype)
-            if self.spec.vocoder == "hifigan"
-            else GriffinLimVocoder()
-        )
+        parts = audio_parts(self.spec.vocoder)
+        self.audio = load_bundle(models.audio, "audio", parts=parts, device=self.device, dtype=dtype)
+        self.vocoder = HiFiGANVocoder.from_bundle(self.audio) if self.spec.vocoder == "hifigan" else GriffinLimVocoder()
         if method == "denoise":
             self.sampler = Sampler(self.image, self.audio, self.vocoder, max_batch_samples=self.spec.batch_size)
         elif method == "imprint":
             self.sampler = ImprintSampler(self.image, self.audio, self.vocoder, self.spec.batch_size)
-        else:
-            for module in (self.image.unet, self.audio.unet, self.audio.vae):
-                module.requires_grad_(False)  # only the picture learns
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,21 +95,18 @@ class SweepWorker:
         if self.spec.method != "sds":
             yield from self.sampler.generate(requests)
             return
-        from imgsound_core.audio.vocoder import spectrogram_to_waveform
         from imgsound_core.sds import SDSRun
 
         for index, settings in enumerate(requests):  # one optimisation per sample: nothing to batch across them
             started = time.perf_counter()
             run = SDSRun(settings, self.image, self.audio, device=self.device)
             run.run()
-            picture = run.render()
-            spectrogram = picture.mean(dim=0)
             optimised = time.perf_counter()
-            waveform = spectrogram_to_waveform(spectrogram[None], self.vocoder)[0].float().cpu()
+            image, spectrogram, waveform = run.sample(self.vocoder)
             yield SimpleNamespace(
                 key=str(index),
                 request=settings,
-                image=picture.expand(3, -1, -1),
+                image=image,
                 spectrogram=spectrogram,
                 waveform=waveform,
                 timings_s={"denoise": optimised - started, "decode": 0.0, "vocode": time.perf_counter() - optimised},
@@ -139,14 +129,16 @@ class SweepWorker:
             "timings_s": result.timings_s,
             "versions": {"imgsound": __version__, "torch": torch.__version__},
         }
-        artifacts = render_artifacts(
-            result.image, result.spectrogram, result.waveform, record, crop=spec.crop, video=spec.video
-        )
         original = getattr(result, "original_spectrogram", None)  # imprint: the spectrogram before the imprint
-        if original is not None:
-            if spec.crop:
-                original = original[..., : original.shape[-1] - CROP_COLUMNS]
-            artifacts["spectrogram_original.png"] = png_bytes(original)
+        artifacts = render_artifacts(
+            result.image,
+            result.spectrogram,
+            result.waveform,
+            record,
+            crop=spec.crop,
+            extra_pictures={"spectrogram_original.png": original} if original is not None else None,
+            video=spec.video,
+        )
         uris = {}
         for name in [n for n in artifacts if n != "sample.json"] + ["sample.json"]:  # sample.json last: complete
             uri = self.store.put_bytes(f"samples/{sample_id}/{name}", artifacts[name])

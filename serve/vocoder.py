@@ -33,9 +33,8 @@ class VocoderDeployment:
             device=parse_device(settings.device),
             dtype=parse_dtype(settings.dtype),
         )
-        vocoder_dtype = next(self.bundle.vocoder.parameters()).dtype
         self.vocoders = {
-            "hifigan": HiFiGANVocoder(self.bundle.vocoder, device=self.bundle.device, dtype=vocoder_dtype),
+            "hifigan": HiFiGANVocoder.from_bundle(self.bundle),
             "griffinlim": GriffinLimVocoder(),
         }
 

@@ -71,8 +71,6 @@ def load_priors(tiny_models):
 
     if_stage = load_if_stage(tiny_models / "if-stage-1", 1)
     audio = load_bundle(tiny_models / "audio", "audio", parts={"unet", "vae", "text"})
-    for module in (if_stage.unet, audio.unet, audio.vae):
-        module.requires_grad_(False)
     return if_stage, audio
 
 

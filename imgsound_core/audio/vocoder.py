@@ -88,6 +88,13 @@ class HiFiGANVocoder(Vocoder):
         """Load `vocoder_dir/config.json` + `vocoder_dir/vocoder.pt` (see `load_hifigan`)."""
         return cls(load_hifigan(vocoder_dir, device=device, dtype=dtype), device=device, dtype=dtype)
 
+    @classmethod
+    def from_bundle(cls, bundle) -> HiFiGANVocoder:
+        """The HiFi-GAN of a loaded audio `ModelBundle`, where and in the dtype it was loaded."""
+        if bundle.vocoder is None:
+            raise ValueError(f"the {bundle.role} bundle was loaded without its vocoder")
+        return cls(bundle.vocoder, device=bundle.device, dtype=next(bundle.vocoder.parameters()).dtype)
+
     def _synthesize(self, log_mel: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             waveform = self.generator(log_mel.to(device=self.device, dtype=self.dtype))  # (B, 1, W·hop)

@@ -52,7 +52,7 @@ def add_imprint_parser(sub: Subparsers) -> None:
 def cmd_imprint(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from imgsound_core.artifacts import CROP_COLUMNS, png_bytes, render_artifacts, write_sample_dir
+    from imgsound_core.artifacts import render_artifacts, write_sample_dir
     from imgsound_core.imprint import ImprintRequest, ImprintSampler
     from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
     from imgsound_core.request import RequestError
@@ -98,11 +98,14 @@ def cmd_imprint(args: argparse.Namespace) -> None:
                 "versions": versions(),
                 "created_utc": utc_timestamp(),
             }
-            artifacts = render_artifacts(result.image, result.spectrogram, result.waveform, record, crop=args.crop)
-            original = result.original_spectrogram
-            if args.crop:
-                original = original[..., : original.shape[-1] - CROP_COLUMNS]
-            artifacts["spectrogram_original.png"] = png_bytes(original)
+            artifacts = render_artifacts(
+                result.image,
+                result.spectrogram,
+                result.waveform,
+                record,
+                crop=args.crop,
+                extra_pictures={"spectrogram_original.png": result.original_spectrogram},
+            )
             write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
 
@@ -192,8 +195,6 @@ def cmd_sds(args: argparse.Namespace) -> None:
     if_stage = load_if_stage(args.stage_1_model, 1, device=device, dtype=dtype)
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
     vocoder = load_vocoder(args.vocoder, audio_bundle=audio)
-    for param in list(audio.unet.parameters()) + list(audio.vae.parameters()) + list(if_stage.unet.parameters()):
-        param.requires_grad_(False)  # only the picture learns; gradients flow through the VAE to it
     context = {"stage_1_model": if_stage.describe(), "audio_model": audio.describe(), "vocoder": args.vocoder}
 
     for index, sample in enumerate(settings):
@@ -203,12 +204,8 @@ def cmd_sds(args: argparse.Namespace) -> None:
 def _sds_artifacts(run, vocoder, record: dict[str, Any], crop: bool) -> dict[str, bytes]:
     """The run's current picture as a sample folder's files; its channel mean is the spectrogram that plays."""
     from imgsound_core.artifacts import render_artifacts
-    from imgsound_core.audio.vocoder import spectrogram_to_waveform
 
-    picture = run.render()
-    spectrogram = picture.mean(dim=0)
-    waveform = spectrogram_to_waveform(spectrogram[None], vocoder)[0].float().cpu()
-    return render_artifacts(picture.expand(3, -1, -1), spectrogram, waveform, record, crop=crop)
+    return render_artifacts(*run.sample(vocoder), record, crop=crop)
 
 
 def _run_sds_sample(args: argparse.Namespace, index: int, sample, run, vocoder, context: dict[str, Any]) -> None:

@@ -210,10 +210,9 @@ def utc_timestamp() -> str:
 
 def load_audio_bundle(model: str, vocoder: str, device, dtype):
     """The audio model's UNet, VAE and text encoder, and its HiFi-GAN only when --vocoder hifigan needs it."""
-    from imgsound_core.models.bundle import load_bundle
+    from imgsound_core.models.bundle import audio_parts, load_bundle
 
-    parts = {"unet", "vae", "text"} | ({"vocoder"} if vocoder == "hifigan" else set())
-    return load_bundle(model, "audio", parts=parts, device=device, dtype=dtype)
+    return load_bundle(model, "audio", parts=audio_parts(vocoder), device=device, dtype=dtype)
 
 
 def load_vocoder(name: str, audio_bundle=None, audio_model: str | None = None, device: str = "cpu"):
@@ -223,9 +222,7 @@ def load_vocoder(name: str, audio_bundle=None, audio_model: str | None = None, d
     if name == "griffinlim":
         return GriffinLimVocoder()
     if audio_bundle is not None:
-        return HiFiGANVocoder(
-            audio_bundle.vocoder, device=audio_bundle.device, dtype=next(audio_bundle.vocoder.parameters()).dtype
-        )
+        return HiFiGANVocoder.from_bundle(audio_bundle)
     from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, load_bundle
 
     bundle = load_bundle(audio_model or DEFAULT_AUDIO_MODEL, "audio", parts={"vocoder"}, device=device)

@@ -28,6 +28,12 @@ UNET, VAE, TEXT, VOCODER = "unet", "vae", "text", "vocoder"
 IMAGE_PARTS = frozenset({UNET, VAE, TEXT})
 AUDIO_PARTS = frozenset({UNET, VAE, TEXT, VOCODER})
 
+
+def audio_parts(vocoder: str) -> frozenset[str]:
+    """The audio model's parts that sampling needs: its HiFi-GAN only when `vocoder` is "hifigan"."""
+    return AUDIO_PARTS if vocoder == "hifigan" else AUDIO_PARTS - {VOCODER}
+
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
