@@ -31,6 +31,7 @@ import numpy as np
 
 from imgsound_core import __version__
 from imgsound_core.audio import mel
+from imgsound_core.methods import request_fields
 
 PNG_KEY = "imgsound"
 # The JSON's schema; a reader refuses a major version it does not know.
@@ -40,21 +41,7 @@ SOFTWARE = f"imgsound {__version__}"
 REPRESENTATION = "auffusion-log-mel"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REQUEST_KEYS = (
-    "image_prompt",
-    "audio_prompt",
-    "image_negative",
-    "audio_negative",
-    "seed",
-    "steps",
-    "image_guidance",
-    "audio_guidance",
-    "image_start_step",
-    "audio_start_step",
-    "audio_weight",
-    "height",
-    "width",
-)
+REQUEST_KEYS = request_fields("denoise")  # a baseline's record keeps its own request type's fields
 # Everything else worth keeping from a sample record; timings, clocks, library versions and resolved local paths
 # are left out ("method" is set by the baselines' records).
 RECORD_KEYS = ("sample_id", "method", "vocoder", "dtype", "crop_columns", "audio_samples")
@@ -104,7 +91,7 @@ def mel_settings() -> dict[str, Any]:
 def sample_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
     """The reproducible part of a sample record (as the CLI, the server and the sweeps write it) plus the mel
     settings. Keys missing from `record` are left out, so any record works."""
-    request = {key: record[key] for key in REQUEST_KEYS if key in record}
+    request = {key: record[key] for key in request_fields(record.get("method")) if key in record}
     provenance: dict[str, Any] = {"format": FORMAT, "software": SOFTWARE}
     provenance.update({key: record[key] for key in RECORD_KEYS if key in record})
     provenance["request"] = request

@@ -7,7 +7,6 @@ work. No Ray, no storage here.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,22 +14,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imgsound_core.imprint import ImprintRequest
+from imgsound_core.methods import REQUEST_TYPES, request_fields
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
-from imgsound_core.request import RequestError, SampleRequest
+from imgsound_core.request import RequestError
 from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
-from imgsound_core.sds import SDSSettings
 
-# What one sample is, per method: the paper's multimodal denoising and its two baselines.
-REQUEST_TYPES: dict[str, type] = {"denoise": SampleRequest, "imprint": ImprintRequest, "sds": SDSSettings}
 Method = Literal["denoise", "imprint", "sds"]
 DEFAULT_IMAGE_PRIOR = "DeepFloyd/IF-I-M-v1.0"  # the SDS baseline's image prior (IF stage I), as the paper's
 
 
 def param_fields(method: str) -> tuple[str, ...]:
     """The request fields a spec may set under `params` (prompts come from the grid, seeds from `seed`)."""
-    names = [f.name for f in dataclasses.fields(REQUEST_TYPES[method])]
-    return tuple(n for n in names if n not in ("image_prompt", "audio_prompt", "seed"))
+    return tuple(n for n in request_fields(method) if n not in ("image_prompt", "audio_prompt", "seed"))
 
 
 PARAM_FIELDS = param_fields("denoise")

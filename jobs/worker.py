@@ -22,10 +22,11 @@ from imgsound_core import __version__
 from imgsound_core.artifacts import render_artifacts
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
 from imgsound_core.imprint import ImprintSampler
+from imgsound_core.methods import REQUEST_TYPES
 from imgsound_core.models.bundle import audio_parts, load_bundle, parse_dtype
 from imgsound_core.sampler import Sampler
 from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows
-from jobs.spec import REQUEST_TYPES, SweepSpec
+from jobs.spec import SweepSpec
 from jobs.store import open_store
 
 URI_COLUMNS = {

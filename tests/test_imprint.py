@@ -14,6 +14,7 @@ from imgsound_core.audio.vocoder import HiFiGANVocoder, spectrogram_to_waveform
 from imgsound_core.cli import main
 from imgsound_core.decode import decode_latents, spectrogram_from_decoded
 from imgsound_core.imprint import ImprintRequest, ImprintSampler, imprint_latents, imprint_spectrogram
+from imgsound_core.provenance import read_file_metadata
 from imgsound_core.request import RequestError
 from imgsound_core.sampler import Sampler
 
@@ -103,6 +104,11 @@ def test_imprint_command_writes_the_generate_layout(tmp_path, tiny_models):
         assert np.abs(imprinted - s * (0.5 + 0.5 * gray)).max() < 3 / 255
         audio, rate = soundfile.read(folder / "audio.wav")
         assert rate == 16000 and len(audio) == (256 - 32) * 160
+        # The files say how they were made: imprint's own settings, not the method's.
+        for name in ("spectrogram.png", "spectrogram_original.png"):
+            stored = read_file_metadata(folder / name)["imgsound"]
+            assert stored["method"] == "imprint" and stored["request"]["ratio"] == 0.5
+            assert stored["request"]["image_steps"] == 2 and "steps" not in stored["request"]
     assert main(flags + model_flags(tiny_models)) == 2  # exists, no --overwrite
 
 
