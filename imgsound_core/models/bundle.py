@@ -37,6 +37,17 @@ def audio_parts(vocoder: str) -> frozenset[str]:
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def describe_weights(model: Any) -> dict[str, Any]:
+    """Provenance of loaded weights (a `ModelBundle`, an IF stage): source, local path, revision, dtype, device."""
+    return {
+        "source": model.source,
+        "path": str(model.path),
+        "revision": model.revision,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+    }
+
+
 class ModelNotAvailableError(RuntimeError):
     """The weights are not on this machine (or not readable); the message says how to get them."""
 
@@ -96,13 +107,7 @@ class ModelBundle:
 
     def describe(self) -> dict[str, Any]:
         """Provenance: where the weights came from and how they run."""
-        return {
-            "source": self.source,
-            "path": str(self.path),
-            "revision": self.revision,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
-        }
+        return describe_weights(self)
 
 
 def _missing_weights_message(role: str, source: str, why: str) -> str:

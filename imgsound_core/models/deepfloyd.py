@@ -36,6 +36,7 @@ from imgsound_core.models.bundle import (
     ModelNotAvailableError,
     _has_safetensors,
     _load_part,
+    describe_weights,
     resolve_model_path,
 )
 
@@ -131,13 +132,7 @@ class IFStage:
 
     def describe(self) -> dict[str, Any]:
         """Provenance: where the weights came from and how they run."""
-        return {
-            "source": self.source,
-            "path": str(self.path),
-            "revision": self.revision,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
-        }
+        return describe_weights(self)
 
 
 def load_if_stage(
