@@ -27,7 +27,7 @@ from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
 from imgsound_core.decode import decode_latents, spectrogram_from_decoded
 from imgsound_core.models.bundle import ModelBundle
 from imgsound_core.noise import latent_shape
-from imgsound_core.request import RequestError, SampleRequest, content_id, known_fields
+from imgsound_core.request import RequestError, SampleRequest, known_fields
 from imgsound_core.sampler import ProgressCallback, Sampler
 
 
@@ -100,9 +100,6 @@ class ImprintRequest:
     def expand(self, num_samples: int) -> list[ImprintRequest]:
         """Sample i has seed `seed + i`, as in the method."""
         return [dataclasses.replace(self, seed=r.seed) for r in self.image_request().expand(num_samples)]
-
-    def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
-        return content_id({"method": "imprint", "request": self.to_dict(), "context": dict(context or {})})
 
 
 def imprint_latents(seed: int, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

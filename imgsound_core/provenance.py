@@ -10,9 +10,9 @@ parameters that made it:
   the image prompt, `ICMT` (comment) the same JSON, `ISFT` the software. Readers that do not know `INFO` skip it,
   as RIFF requires.
 
-The provenance is a function of the sample alone — request, sample id, models (hub id or folder as named,
-revision, dtype), vocoder, crop and the mel settings of `audio/mel.py` — never of timings or clocks, so the same
-sample gives byte-identical files on every run.
+The provenance is a function of the sample alone — request, sample id, models (their identities: hub id and
+revision or a fingerprint, and dtype), vocoder, crop and the mel settings of `audio/mel.py` — never of timings,
+clocks or local paths, so the same sample gives byte-identical files on every run.
 
 Pure byte functions: nothing here reads or writes files except `read_file_metadata`.
 """
@@ -45,7 +45,7 @@ REQUEST_KEYS = request_fields("denoise")  # a baseline's record keeps its own re
 # Everything else worth keeping from a sample record; timings, clocks, library versions and resolved local paths
 # are left out ("method" is set by the baselines' records).
 RECORD_KEYS = ("sample_id", "method", "vocoder", "dtype", "crop_columns", "audio_samples")
-MODEL_KEYS = ("source", "revision", "dtype")
+MODEL_KEYS = ("id", "hub_id", "revision", "fingerprint", "dtype")  # identity.ModelIdentity.to_record
 # Mel settings that fix what a pixel means in time and frequency: a file that differs in any of them cannot be
 # vocoded by this version. The log range (floor, ceiling) only rescales brightness, so it is honoured.
 MEL_GEOMETRY_KEYS = (
@@ -101,7 +101,7 @@ def sample_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(model, Mapping):
             models[role] = {key: model[key] for key in MODEL_KEYS if key in model}
         elif model is not None:
-            models[role] = {"source": str(model)}
+            models[role] = {"id": str(model)}
     if models:
         provenance["models"] = models
     provenance["mel"] = mel_settings()
@@ -130,7 +130,9 @@ def png_text(provenance: Mapping[str, Any], artifact: str) -> dict[str, str]:
         text["Title"] = f"imgsound sample {provenance['sample_id']}"
     if description := _prompt_lines(provenance):
         text["Description"] = description
-    sources = [f"{role} model {m['source']}" for role, m in provenance.get("models", {}).items() if "source" in m]
+    sources = [
+        f"{role} model {m.get('hub_id') or m['id']}" for role, m in provenance.get("models", {}).items() if "id" in m
+    ]
     if sources:
         text["Source"] = "; ".join(sources)
     return text

@@ -2,7 +2,8 @@
 
 A `SampleRequest` carries everything that decides a sample's pixels and sound (prompts, negatives, scales, start
 steps, weight, step count, seed, size), with the paper's defaults. The CLI, the HTTP API and sweep specs all build
-it; unknown keys are errors; its canonical JSON hash is the sample id. Validation errors are `RequestError`
+it; unknown keys are errors; its canonical JSON, with the models and settings that also decide the output, is
+hashed into the sample id (`identity.py`). Validation errors are `RequestError`
 with one sentence that names the field.
 """
 
@@ -126,11 +127,6 @@ class SampleRequest:
 
     def with_seed(self, seed: int) -> SampleRequest:
         return dataclasses.replace(self, seed=seed)
-
-    def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
-        """A stable id: the first 16 hex digits of SHA-256 over the canonical JSON of the request (+ `context`,
-        e.g. model ids, that also decide the output)."""
-        return content_id({"request": self.to_dict(), "context": dict(context or {})})
 
     def expand(self, num_samples: int) -> list[SampleRequest]:
         """The requests of samples 0..num_samples−1: sample i has seed `seed + i` (the reference code's rule)."""

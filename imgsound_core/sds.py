@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgsound_core.request import MAX_PROMPT_CHARS, RequestError, content_id, known_fields
+from imgsound_core.request import MAX_PROMPT_CHARS, RequestError, known_fields
 
 T_MIN_FRACTION, T_MAX_FRACTION = 0.02, 0.98  # timesteps sampled in [20, 980] of 1000, as the reference
 
@@ -192,9 +192,6 @@ class SDSSettings:
         if num_samples < 1:
             raise RequestError(f"num_samples must be at least 1, got {num_samples}")
         return [dataclasses.replace(self, seed=self.seed + i) for i in range(num_samples)]
-
-    def sample_id(self, context: Mapping[str, Any] | None = None) -> str:
-        return content_id({"method": "sds", "request": self.to_dict(), "context": dict(context or {})})
 
 
 class SDSRun:

@@ -1,8 +1,9 @@
 """Sweep specs: a YAML grid of prompt pairs × seeds, validated before any work, expanded purely and stably.
 
-`expand(spec)` gives the same grid points, in the same order, with the same sample ids, every time: the ids are
-the core `SampleRequest` hash over (request, models, vocoder, crop), so a resubmitted sweep recognises finished
-work. No Ray, no storage here.
+`expand(spec, models)` gives the same grid points, in the same order, with the same sample ids, every time: the
+ids are the core's (`imgsound_core.identity.sample_id`: request, method, the models' identities, dtype, vocoder,
+crop), the ones `imgsound generate` and the HTTP API give the same sample, so a resubmitted sweep recognises
+finished work. No Ray, no storage here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from imgsound_core.identity import ModelIdentity, SampleContext, identify_source, identity_hash, sample_id
 from imgsound_core.methods import REQUEST_TYPES, request_fields
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 from imgsound_core.request import RequestError
@@ -145,18 +147,46 @@ class SweepSpec(BaseModel):
             return [(p.image, p.audio) for p in self.pairs]
         return [(i, a) for i in self.image_prompts or [] for a in self.audio_prompts or []]
 
-    def identity(self) -> dict[str, Any]:
+    @property
+    def image_source(self) -> str:
+        """The model that makes the picture: the image model, or for SDS its image prior (IF stage I)."""
+        return self.models.image_prior if self.method == "sds" else self.models.image
+
+    def context(self, models: SweepModels) -> SampleContext:
         """What, besides the request, decides a sample's output: hashed into every sample id (not the scoring)."""
-        identity = {
-            "image_model": self.models.image,
-            "audio_model": self.models.audio,
-            "dtype": self.models.dtype,
-            "vocoder": self.vocoder,
-            "crop": self.crop,
-        }
-        if self.method == "sds":  # the picture comes from IF, not from the image model
-            identity["image_model"] = self.models.image_prior
-        return identity
+        return SampleContext(models.image, models.audio, self.models.dtype, self.vocoder, self.crop, method=self.method)
+
+    def legacy_id(self, request: Any) -> str:
+        """The id this point had before model identities existed (models hashed as the spec names them)."""
+        return identity_hash(
+            request.to_dict(),
+            self.method,
+            self.image_source,
+            self.models.audio,
+            self.models.dtype,
+            self.vocoder,
+            self.crop,
+        )
+
+
+@dataclass(frozen=True)
+class SweepModels:
+    """The identities of a sweep's two models (`imgsound_core.identity`), resolved where the weights are."""
+
+    image: ModelIdentity
+    audio: ModelIdentity
+
+    @classmethod
+    def identify(cls, spec: SweepSpec) -> SweepModels:
+        """Identify the spec's models on this machine; `ModelNotAvailableError` when it does not hold them."""
+        return cls(identify_source(spec.image_source, "image"), identify_source(spec.models.audio, "audio"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image.__dict__, "audio": self.audio.__dict__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepModels:
+        return cls(ModelIdentity(**data["image"]), ModelIdentity(**data["audio"]))
 
 
 @dataclass(frozen=True)
@@ -165,6 +195,7 @@ class GridPoint:
     pair_index: int
     sample_index: int
     request: Any  # the method's request type: SampleRequest, ImprintRequest or SDSSettings
+    legacy_id: str  # the same point's id in manifests written before model identities (SweepSpec.legacy_id)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -190,12 +221,14 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"the spec {path} is invalid: params: {error}") from None
 
 
-def expand(spec: SweepSpec) -> list[GridPoint]:
+def expand(spec: SweepSpec, models: SweepModels) -> list[GridPoint]:
     """Every grid point, in a stable order: pairs in grid order, then samples 0..samples_per_pair−1."""
-    identity = spec.identity()
+    context = spec.context(models)
     points = []
     for pair_index, (image, audio) in enumerate(spec.prompt_pairs()):
         base = spec.request(image, audio)
         for sample_index, request in enumerate(base.expand(spec.samples_per_pair)):
-            points.append(GridPoint(request.sample_id(identity), pair_index, sample_index, request))
+            points.append(
+                GridPoint(sample_id(request, context), pair_index, sample_index, request, spec.legacy_id(request))
+            )
     return points

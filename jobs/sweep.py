@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Any
 
+from imgsound_core.models.bundle import ModelNotAvailableError
 from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, consolidate, parquet_bytes, read_parquet_bytes
-from jobs.spec import GridPoint, SpecError, SweepSpec, expand, load_spec
+from jobs.spec import GridPoint, SpecError, SweepModels, SweepSpec, expand, load_spec
 from jobs.store import Store, StoreError, open_store
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -61,6 +62,34 @@ def finished_ids(store: Store) -> set[str]:
     return done
 
 
+def identify_models(spec: SweepSpec, address: str | None = None) -> SweepModels:
+    """The identities of the spec's models, which every sample id hashes: read on this machine when it holds the
+    weights, else by one Ray task placed like a worker (a head node without GPUs usually has no models)."""
+    try:
+        return SweepModels.identify(spec)
+    except ModelNotAvailableError:
+        pass
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    options = worker_options(_use_gpu(spec))
+    task = ray.remote(num_gpus=options["num_gpus"], num_cpus=options["num_cpus"], runtime_env=options["runtime_env"])(
+        _identify_models
+    )
+    return SweepModels.from_dict(ray.get(task.remote(spec.model_dump())))
+
+
+def _identify_models(spec: dict[str, Any]) -> dict[str, Any]:
+    return SweepModels.identify(SweepSpec.model_validate(spec)).to_dict()
+
+
+def _use_gpu(spec: SweepSpec) -> bool:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0)) > 0 and spec.models.device != "cpu"
+
+
 def point_payload(point: GridPoint) -> dict[str, Any]:
     return {
         "sample_id": point.sample_id,
@@ -70,11 +99,17 @@ def point_payload(point: GridPoint) -> dict[str, Any]:
     }
 
 
-def plan(spec: SweepSpec, store: Store) -> tuple[list[GridPoint], list[list[GridPoint]]]:
-    """All grid points, and the batches of those not finished yet."""
-    points = expand(spec)
+def plan(
+    spec: SweepSpec, store: Store, models: SweepModels | None = None
+) -> tuple[list[GridPoint], list[list[GridPoint]]]:
+    """All grid points, and the batches of those not finished yet.
+
+    A point is finished when the manifest has a row with its id, or with the id it had before model identities
+    existed (`GridPoint.legacy_id`): sweeps written then resume without redoing anything.
+    """
+    points = expand(spec, models or identify_models(spec))
     done = finished_ids(store)
-    remaining = [p for p in points if p.sample_id not in done]
+    remaining = [p for p in points if p.sample_id not in done and p.legacy_id not in done]
     batches = [remaining[i : i + spec.batch_size] for i in range(0, len(remaining), spec.batch_size)]
     return points, batches
 
@@ -104,7 +139,7 @@ def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | N
     from jobs.worker import SweepWorker
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = gpus > 0 and spec.models.device != "cpu"
+    use_gpu = _use_gpu(spec)
     count = workers or spec.workers or max(1, gpus if use_gpu else 1)
     count = min(count, len(batches))
     remote = ray.remote(**worker_options(use_gpu))(SweepWorker)
@@ -127,10 +162,11 @@ def finalize(store: Store, points: list[GridPoint]) -> int:
     tables = [read_parquet_bytes(store.get_bytes(k)) for k in keys]
     if store.exists(MANIFEST_FILE):
         tables.append(read_parquet_bytes(store.get_bytes(MANIFEST_FILE)))
-    wanted = {p.sample_id for p in points}
+    wanted = {p.sample_id for p in points} | {p.legacy_id for p in points}
     table = consolidate(tables)
     table = table.filter([sid in wanted for sid in table.column("sample_id").to_pylist()])
-    missing = wanted - set(table.column("sample_id").to_pylist())
+    present = set(table.column("sample_id").to_pylist())
+    missing = [p for p in points if p.sample_id not in present and p.legacy_id not in present]
     if missing:
         raise SweepFailed(f"{len(missing)} grid points have no manifest row; resubmit to generate them")
     from jobs.score import apply_scores, read_scores
@@ -160,9 +196,10 @@ def execute(
     endpoint_url: str | None = None,
     workers: int | None = None,
     address: str | None = None,
+    models: SweepModels | None = None,
 ) -> int:
     """Generate what is left of `spec`, consolidate, then score if the spec asks; returns the manifest's rows."""
-    points, batches = plan(spec, store)
+    points, batches = plan(spec, store, models or identify_models(spec, address))
     if batches:
         import ray
 
@@ -196,10 +233,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError("no output: pass --output URI or set `output:` in the spec")
         store = open_store(output, endpoint_url=args.endpoint_url)
         store.check_writable()
-        points, batches = plan(spec, store)
-    except (SpecError, StoreError) as error:
+        models = identify_models(spec, args.address)
+        points, batches = plan(spec, store, models)
+    except (SpecError, StoreError, ModelNotAvailableError) as error:
         print(f"sweep: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as error:  # noqa: BLE001 - identifying the models on a worker failed: one sentence
+        cause = _root_cause(error)
+        if isinstance(cause, ModelNotAvailableError):
+            print(f"sweep: error: {cause}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
+        return EXIT_FAILED
     left = sum(len(b) for b in batches)
     scoring = " then scoring" if spec.scoring is not None else ""
     print(
@@ -211,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     try:
-        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address)
+        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address, models)
     except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
         print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
         return EXIT_FAILED

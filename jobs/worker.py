@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from imgsound_core import __version__
 from imgsound_core.artifacts import render_artifacts
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
+from imgsound_core.identity import SampleContext, model_identity, sample_id, sample_record
 from imgsound_core.imprint import ImprintSampler
 from imgsound_core.methods import REQUEST_TYPES
 from imgsound_core.models.bundle import audio_parts, load_bundle, parse_dtype
@@ -74,6 +74,14 @@ class SweepWorker:
             self.sampler = Sampler(self.image, self.audio, self.vocoder, max_batch_samples=self.spec.batch_size)
         elif method == "imprint":
             self.sampler = ImprintSampler(self.image, self.audio, self.vocoder, self.spec.batch_size)
+        self.context = SampleContext(
+            model_identity(self.image),
+            model_identity(self.audio),
+            models.dtype,
+            self.spec.vocoder,
+            self.spec.crop,
+            method=method,
+        )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,6 +91,15 @@ class SweepWorker:
         """
         request_type = REQUEST_TYPES[self.spec.method]
         requests = [request_type.from_dict(p["request"]) for p in points]
+        for point, request in zip(points, requests):
+            own = sample_id(request, self.context)
+            if own != point["sample_id"]:
+                # The weights here are not the ones the sweep was planned with (another revision or folder on
+                # this node): writing them under the planned id would store a different sample under it.
+                raise RuntimeError(
+                    f"this worker's models ({self.context.image_model.key}, {self.context.audio_model.key}) are "
+                    f"not the ones the sweep was planned with (sample {point['sample_id']} would be {own})"
+                )
         rows = []
         for result in self._generate(requests):
             point = points[int(result.key)]
@@ -115,21 +132,16 @@ class SweepWorker:
 
     def _store_sample(self, point: dict[str, Any], result) -> dict[str, Any]:
         spec, request = self.spec, result.request
-        sample_id = point["sample_id"]
+        record = sample_record(
+            request,
+            self.context,
+            sample_index=point["sample_index"],
+            device=str(self.device),
+            timings_s=result.timings_s,
+            extra={"sweep": spec.name, "pair_index": point["pair_index"]},
+        )
+        sample_id = record["sample_id"]
         settings = request.to_dict()
-        record = {
-            **({"method": spec.method} if spec.method != "denoise" else {}),
-            **settings,
-            "sample_id": sample_id,
-            "sweep": spec.name,
-            "pair_index": point["pair_index"],
-            "sample_index": point["sample_index"],
-            "image_model": self.image.describe(),
-            "audio_model": self.audio.describe(),
-            "vocoder": spec.vocoder,
-            "timings_s": result.timings_s,
-            "versions": {"imgsound": __version__, "torch": torch.__version__},
-        }
         original = getattr(result, "original_spectrogram", None)  # imprint: the spectrogram before the imprint
         artifacts = render_artifacts(
             result.image,
@@ -156,7 +168,7 @@ class SweepWorker:
             "sample_index": point["sample_index"],
             "vocoder": spec.vocoder,
             "crop": spec.crop,
-            "image_model": spec.identity()["image_model"],
+            "image_model": spec.image_source,
             "audio_model": spec.models.audio,
             "image_model_revision": self.image.revision,
             "audio_model_revision": self.audio.revision,

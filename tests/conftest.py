@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Model fingerprints are cached per user; the tests keep theirs out of the home folder.
+os.environ.setdefault("IMGSOUND_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"imgsound-test-cache-{os.getpid()}"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -219,8 +219,10 @@ def test_generate_end_to_end(e2e_out: Path, tiny_models: Path) -> None:
         ).to_dict()
         assert {name: record[name] for name in SampleRequest.field_names()} == expected
         assert record["sample_index"] == index
-        assert record["image_model"]["path"] == str(tiny_models / "image")
-        assert record["audio_model"]["path"] == str(tiny_models / "audio")
+        # A folder without hub provenance is its fingerprint; no local path is recorded.
+        assert record["image_model"]["id"].startswith("sha256:") and record["image_model"]["hub_id"] is None
+        assert record["audio_model"]["id"].startswith("sha256:")
+        assert str(tiny_models) not in json.dumps(record)
         assert record["vocoder"] == "hifigan"
         assert record["crop_columns"] == 32
         assert record["audio_samples"] == 158720

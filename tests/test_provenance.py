@@ -44,8 +44,9 @@ def record(**updates) -> dict:
         "height": 32,
         "width": 200,
         "sample_id": "0123456789abcdef",
-        "image_model": {"source": "org/image", "path": "/local/image", "revision": "abc", "dtype": "float16"},
-        "audio_model": {"source": "org/audio", "path": "/local/audio", "revision": None, "dtype": "float16"},
+        "image_model": {"id": "org/image@abc", "hub_id": "org/image", "revision": "abc", "dtype": "fp16"},
+        "audio_model": {"id": "sha256:0f", "hub_id": None, "revision": None, "fingerprint": "0f", "dtype": "fp16"},
+        "device": "cuda",
         "vocoder": "hifigan",
         "dtype": "fp16",
         "timings_s": {"denoise": 1.25},
@@ -98,10 +99,15 @@ def test_png_text_chunks_round_trip() -> None:
         assert stored["request"] == {key: rec[key] for key in provenance.REQUEST_KEYS}
         assert stored["sample_id"] == rec["sample_id"] and stored["vocoder"] == "hifigan"
         assert stored["crop_columns"] == 32 and stored["audio_samples"] == 168 * 160
-        assert stored["models"]["image"] == {"source": "org/image", "revision": "abc", "dtype": "float16"}
+        assert stored["models"]["image"] == {
+            "id": "org/image@abc",
+            "hub_id": "org/image",
+            "revision": "abc",
+            "dtype": "fp16",
+        }
         assert stored["mel"] == provenance.mel_settings()
         assert stored["mel"]["hop_length"] == 160 and stored["mel"]["n_mels"] == 256
-        assert "timings_s" not in stored and "created_utc" not in stored and "/local/" not in text["imgsound"]
+        assert "timings_s" not in stored and "created_utc" not in stored and "device" not in stored
         assert (
             text["Description"] == f"Image prompt: {PROMPTS['image_prompt']}\nAudio prompt: {PROMPTS['audio_prompt']}"
         )
@@ -207,7 +213,7 @@ def test_generate_writes_provenance_and_info_prints_it(generated: Path, capsys: 
         assert stored["sample_id"] == sample_json["sample_id"]
         assert stored["request"] == {key: sample_json[key] for key in provenance.REQUEST_KEYS}
         assert stored["vocoder"] == "griffinlim" and stored["crop_columns"] == 32
-        assert stored["models"]["image"]["source"] == sample_json["image_model"]["source"]
+        assert stored["models"]["image"]["id"] == sample_json["image_model"]["id"]
 
 
 def test_info_on_a_plain_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

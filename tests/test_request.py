@@ -58,12 +58,3 @@ def test_expand_gives_consecutive_seeds():
     assert [r.seed for r in make(seed=1234).expand(3)] == [1234, 1235, 1236]
     with pytest.raises(RequestError):
         make().expand(0)
-
-
-def test_sample_id_is_stable_and_sensitive():
-    a = make()
-    assert a.sample_id() == make().sample_id()
-    assert len(a.sample_id()) == 16
-    assert a.sample_id() != make(seed=1).sample_id()
-    assert a.sample_id() != a.sample_id({"image_model": "other"})
-    assert make(image_guidance=10).sample_id() == make(image_guidance=10.0).sample_id()  # ints normalised

@@ -7,10 +7,11 @@ import pytest
 import torch
 import yaml
 
+from imgsound_core.identity import ModelIdentity
 from imgsound_core.scoring import ClapScorer, ClipScorer, cycle_consistency, decode_spectrogram_png, decode_wav
 from jobs.manifest import MANIFEST_FILE, read_parquet_bytes
 from jobs.score import SCORE_COLUMNS, SCORES_PREFIX, ScoreWorker, apply_scores, read_scores, unscored_rows
-from jobs.spec import SweepSpec, load_spec
+from jobs.spec import SweepModels, SweepSpec, load_spec
 from jobs.sweep import finalize
 from tests.in_process import run_sweep_in_process
 
@@ -111,7 +112,8 @@ def test_scoring_switch_in_specs(tmp_path):
     # Scoring never changes what a sample is.
     with_scoring = SweepSpec.model_validate({**base, "scoring": True})
     without = SweepSpec.model_validate(base)
-    assert with_scoring.identity() == without.identity()
+    models = SweepModels(ModelIdentity.of_hub("org/image", "1"), ModelIdentity.of_hub("org/audio", "2"))
+    assert with_scoring.context(models) == without.context(models)
 
 
 @pytest.mark.parametrize(

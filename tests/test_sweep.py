@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from jobs.manifest import COLUMNS
-from jobs.spec import SpecError, expand, load_spec
+from jobs.spec import SpecError, SweepModels, expand, load_spec
 from jobs.sweep import main as sweep_main
 from serve.local import cluster_env, free_port, start_ray_head, stop_ray
 from tests.s3_server import MotoServer
@@ -134,7 +134,8 @@ def object_keys(client, name: str, prefix: str) -> list[str]:
 def assert_complete(client, name: str, prefix: str, spec: Path) -> pd.DataFrame:
     """Exactly one row per grid point; every artifact a row names exists and opens."""
     frame = manifest(client, name, prefix)
-    expected = {p.sample_id for p in expand(load_spec(spec))}
+    loaded = load_spec(spec)
+    expected = {p.sample_id for p in expand(loaded, SweepModels.identify(loaded))}
     assert len(frame) == len(expected) and set(frame.sample_id) == expected
     assert frame.sample_id.is_unique and (frame.status == "ok").all()
     keys = set(object_keys(client, name, f"{prefix}/samples/"))

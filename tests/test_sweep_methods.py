@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jobs.manifest import MANIFEST_FILE, read_parquet_bytes
-from jobs.spec import SweepSpec, expand
+from jobs.spec import SweepModels, SweepSpec, expand
 from tests.in_process import run_sweep_in_process
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,8 @@ def test_params_are_checked_against_the_methods_own_fields(tiny_models):
         SweepSpec.model_validate(spec_data(tiny_models, "sds", {"iterations": 2, "image_start_step": 5}))
     imprint = SweepSpec.model_validate(spec_data(tiny_models, "imprint", {"image_steps": 2}))
     denoise = SweepSpec.model_validate(spec_data(tiny_models, "denoise", {"steps": 2, "image_start_step": 1}))
-    assert {p.sample_id for p in expand(imprint)}.isdisjoint(p.sample_id for p in expand(denoise))
+    imprint_ids = {p.sample_id for p in expand(imprint, SweepModels.identify(imprint))}
+    assert imprint_ids.isdisjoint(p.sample_id for p in expand(denoise, SweepModels.identify(denoise)))
 
 
 def test_an_imprint_sweep_writes_rows_and_files(tmp_path, tiny_models):

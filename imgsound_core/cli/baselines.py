@@ -21,8 +21,6 @@ from imgsound_core.cli.common import (
     positive_int,
     sample_folder,
     sample_targets,
-    utc_timestamp,
-    versions,
 )
 
 # --- imprint --------------------------------------------------------------------------------------------------------
@@ -53,6 +51,7 @@ def cmd_imprint(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from imgsound_core.artifacts import render_artifacts, write_sample_dir
+    from imgsound_core.identity import SampleContext, model_identity, sample_record
     from imgsound_core.imprint import ImprintRequest, ImprintSampler
     from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
     from imgsound_core.request import RequestError
@@ -81,23 +80,16 @@ def cmd_imprint(args: argparse.Namespace) -> None:
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
     sampler = ImprintSampler(image, audio, load_vocoder(args.vocoder, audio_bundle=audio), args.batch_size)
-    context = {"image_model": image.describe(), "audio_model": audio.describe(), "vocoder": args.vocoder}
+    context = SampleContext(
+        model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop, method="imprint"
+    )
     total = sum(r.image_steps + r.audio_steps for r in requests)
     with tqdm(total=total, unit="step", desc="imprint", disable=None, file=sys.stderr) as bar:
         for result in sampler.generate(requests, progress=bar.update):
             index = int(result.key)
-            record: dict[str, Any] = {
-                "method": "imprint",
-                **result.request.to_dict(),
-                "sample_id": result.request.sample_id(context),
-                "sample_index": index,
-                **context,
-                "device": str(device),
-                "dtype": args.dtype,
-                "timings_s": result.timings_s,
-                "versions": versions(),
-                "created_utc": utc_timestamp(),
-            }
+            record = sample_record(
+                result.request, context, sample_index=index, device=str(device), timings_s=result.timings_s
+            )
             artifacts = render_artifacts(
                 result.image,
                 result.spectrogram,
@@ -155,6 +147,7 @@ def add_sds_parser(sub: Subparsers) -> None:
 
 
 def cmd_sds(args: argparse.Namespace) -> None:
+    from imgsound_core.identity import SampleContext, model_identity
     from imgsound_core.models.bundle import parse_device, parse_dtype
     from imgsound_core.models.deepfloyd import load_if_stage
     from imgsound_core.request import RequestError
@@ -195,7 +188,9 @@ def cmd_sds(args: argparse.Namespace) -> None:
     if_stage = load_if_stage(args.stage_1_model, 1, device=device, dtype=dtype)
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
     vocoder = load_vocoder(args.vocoder, audio_bundle=audio)
-    context = {"stage_1_model": if_stage.describe(), "audio_model": audio.describe(), "vocoder": args.vocoder}
+    context = SampleContext(
+        model_identity(if_stage), model_identity(audio), args.dtype, args.vocoder, args.crop, method="sds"
+    )
 
     for index, sample in enumerate(settings):
         _run_sds_sample(args, index, sample, SDSRun(sample, if_stage, audio, device=device), vocoder, context)
@@ -208,13 +203,14 @@ def _sds_artifacts(run, vocoder, record: dict[str, Any], crop: bool) -> dict[str
     return render_artifacts(*run.sample(vocoder), record, crop=crop)
 
 
-def _run_sds_sample(args: argparse.Namespace, index: int, sample, run, vocoder, context: dict[str, Any]) -> None:
+def _run_sds_sample(args: argparse.Namespace, index: int, sample, run, vocoder, context) -> None:
     """One SDS sample in OUT/sample_<index>/: resumed from its checkpoint when one is there."""
     import shutil
 
     from tqdm import tqdm
 
     from imgsound_core.artifacts import write_sample_dir
+    from imgsound_core.identity import sample_record
 
     folder = sample_folder(args.out, index)
     checkpoint = folder / "checkpoint.pt"
@@ -233,8 +229,7 @@ def _run_sds_sample(args: argparse.Namespace, index: int, sample, run, vocoder, 
                 "another --out, or delete the folder"
             ) from None
         print(f"{folder}: resuming at iteration {run.step_index}", file=sys.stderr)
-    record = {"method": "sds", **sample.to_dict(), "sample_index": index, **context, "device": str(run.device)}
-    record["sample_id"] = sample.sample_id(context)
+    record = sample_record(sample, context, sample_index=index, device=str(run.device))
     started = time.perf_counter()
     bar = tqdm(
         total=sample.iterations, initial=run.step_index, unit="it", desc=f"sds {index}", disable=None, file=sys.stderr
@@ -251,9 +246,13 @@ def _run_sds_sample(args: argparse.Namespace, index: int, sample, run, vocoder, 
 
     with bar:
         run.run(callback=after_step)
-    record["timings_s"] = {"optimise": time.perf_counter() - started}
-    record["versions"] = versions()
-    record["created_utc"] = utc_timestamp()
+    record = sample_record(
+        sample,
+        context,
+        sample_index=index,
+        device=str(run.device),
+        timings_s={"optimise": time.perf_counter() - started},
+    )
     artifacts = _sds_artifacts(run, vocoder, {**record, "iteration": run.step_index}, args.crop)
     for name in [n for n in artifacts if n != "sample.json"] + ["sample.json"]:  # sample.json: finished
         atomic_write_bytes(folder / name, artifacts[name])

@@ -16,7 +16,6 @@ from imgsound_core.cli.common import (
     named_sample_dirs,
     positive_int,
     update_record,
-    utc_timestamp,
 )
 
 MAX_COLORIZE_PROMPT_CHARS = 500  # the server's prompt limit; IF reads 77 T5 tokens at most anyway
@@ -86,6 +85,7 @@ def cmd_colorize(args: argparse.Namespace) -> None:
 
     from imgsound_core.artifacts import png_bytes
     from imgsound_core.colorize import ColorizeSettings, check_picture_size, colorize
+    from imgsound_core.identity import utc_now
     from imgsound_core.models.bundle import parse_device, parse_dtype
     from imgsound_core.models.deepfloyd import load_if_stage
 
@@ -172,7 +172,7 @@ def cmd_colorize(args: argparse.Namespace) -> None:
                 record = {
                     **context,
                     "timings_s": {"colorize": seconds, "model_load": load_s},
-                    "created_utc": utc_timestamp(),
+                    "created_utc": utc_now(),
                 }
                 update_record(folder, inputs[folder][0], {"colorization": record})
                 bar.write(f"wrote {folder / 'color.png'}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """What the `imgsound` commands share: the usage exit code and `CliError`, argument helpers, sample folders on disk,
-atomic writes, vocoder loading and the run's library versions.
+atomic writes and vocoder loading.
 
 Everything heavy (torch, diffusers, PIL, the library's own models) is imported inside the functions, so that building
 the parser for `imgsound --help` stays fast.
@@ -8,7 +8,6 @@ the parser for `imgsound --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 from pathlib import Path
 
@@ -200,11 +199,6 @@ def update_record(folder: Path, record: dict, updates: dict) -> None:
     )
 
 
-def utc_timestamp() -> str:
-    """The `created_utc` of a record: now, to the second."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 # --- models and runs ------------------------------------------------------------------------------------------------
 
 
@@ -227,22 +221,6 @@ def load_vocoder(name: str, audio_bundle=None, audio_model: str | None = None, d
 
     bundle = load_bundle(audio_model or DEFAULT_AUDIO_MODEL, "audio", parts={"vocoder"}, device=device)
     return HiFiGANVocoder(bundle.vocoder, device=bundle.device)
-
-
-def versions() -> dict[str, str]:
-    """The versions of imgsound and the libraries that shape its output, for the sample's record."""
-    import diffusers
-    import torch
-    import transformers
-
-    from imgsound_core import __version__
-
-    return {
-        "imgsound": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
 
 
 def summary(name: str, values: list[float]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from imgsound_core.cli.common import (
     CliError,
@@ -16,8 +15,6 @@ from imgsound_core.cli.common import (
     load_vocoder,
     positive_int,
     sample_targets,
-    utc_timestamp,
-    versions,
 )
 
 
@@ -82,6 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from imgsound_core.artifacts import render_artifacts, write_sample_dir
+    from imgsound_core.identity import SampleContext, model_identity, sample_record
     from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
     from imgsound_core.request import SampleRequest
     from imgsound_core.sampler import Sampler
@@ -113,25 +111,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
     vocoder = load_vocoder(args.vocoder, audio_bundle=audio)
     load_s = time.perf_counter() - t0
     sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size)
-    context = {"image_model": image.describe(), "audio_model": audio.describe(), "vocoder": args.vocoder}
-    run_versions = versions()
+    context = SampleContext(model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop)
 
     total = sum(r.steps for r in requests)
     with tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr) as bar:
         for result in sampler.generate(requests, progress=bar.update):
             index = int(result.key)
-            req = result.request
-            record: dict[str, Any] = {
-                **req.to_dict(),
-                "sample_id": req.sample_id(context),
-                "sample_index": index,
-                **context,
-                "device": str(device),
-                "dtype": args.dtype,
-                "timings_s": {**result.timings_s, "model_load": load_s},
-                "versions": run_versions,
-                "created_utc": utc_timestamp(),
-            }
+            record = sample_record(
+                result.request,
+                context,
+                sample_index=index,
+                device=str(device),
+                timings_s={**result.timings_s, "model_load": load_s},
+            )
             try:
                 artifacts = render_artifacts(
                     result.image, result.spectrogram, result.waveform, record, crop=args.crop, video=args.video
