@@ -75,3 +75,28 @@ def test_an_sds_sweep_writes_rows_and_files(tmp_path, tiny_models):
     record = json.loads((tmp_path / "samples" / rows[0]["sample_id"] / "sample.json").read_text())
     assert record["iterations"] == 2 and record["image_guidance"] == 80.0
     assert rows[0]["denoise_s"] > 0
+
+
+def test_a_manifest_written_under_the_earlier_ids_resumes_with_nothing_to_do(tmp_path, tiny_models):
+    """Sweeps written before model identities hashed the spec's model names; their rows still count as done."""
+    import pyarrow as pa
+
+    from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, parquet_bytes, read_parquet_bytes
+    from jobs.sweep import finalize, plan
+    from tests.in_process import run_sweep_in_process
+
+    spec = SweepSpec.model_validate(spec_data(tiny_models, "denoise", {"steps": 2, "image_start_step": 1}))
+    store, points = run_sweep_in_process(spec, tmp_path / "run")
+    table = read_parquet_bytes(store.get_bytes(MANIFEST_FILE))
+    legacy = {p.sample_id: p.legacy_id for p in points}
+    assert all(p.legacy_id != p.sample_id for p in points)  # folders are fingerprinted now: the ids did change
+    old = table.set_column(0, "sample_id", pa.array([legacy[i] for i in table.column("sample_id").to_pylist()]))
+    for key in store.list(MANIFEST_PREFIX):
+        store.delete(key)
+    store.put_bytes(MANIFEST_FILE, parquet_bytes(old))
+    again, batches = plan(spec, store)
+    assert batches == [] and len(again) == len(points)
+    assert finalize(store, again) == len(points)
+    assert set(read_parquet_bytes(store.get_bytes(MANIFEST_FILE)).column("sample_id").to_pylist()) == set(
+        legacy.values()
+    )
