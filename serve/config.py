@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 
-DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Driver")
+DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Renderer", "Gatekeeper", "Driver")
+API_KEYS_FILE_ENV = "IMGSOUND_API_KEYS_FILE"
 
 
 class ModelPlacement(BaseModel):
@@ -37,8 +38,13 @@ class Limits(BaseModel):
     max_height: int = Field(default=512, ge=8)
     max_width: int = Field(default=2048, ge=8)
     max_prompt_chars: int = Field(default=500, ge=1)
-    max_samples_in_flight: int = Field(default=64, ge=1, description="beyond this, 503 + Retry-After")
+    max_samples_in_flight: int = Field(
+        default=64, ge=1, description="service-wide, over every Driver replica; beyond this, 503 + Retry-After"
+    )
     retry_after_s: int = Field(default=5, ge=1)
+    admission_ticket_ttl_s: float = Field(
+        default=3600.0, gt=0, description="a request's admission expires after this (its Driver replica died)"
+    )
 
 
 class Resilience(BaseModel):
@@ -49,6 +55,28 @@ class Resilience(BaseModel):
     call_timeout_s: float = Field(default=120.0, gt=0, description="one remote call, queueing included")
     max_retries: int = Field(default=3, ge=0, description="a step is a pure function of its inputs: safe to retry")
     retry_backoff_s: float = Field(default=1.0, ge=0)
+
+
+class Auth(BaseModel):
+    """API keys and per-key rate limits; off unless a key file is named (here or by IMGSOUND_API_KEYS_FILE)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys_file: str | None = Field(
+        default=None,
+        description="one key per line as the lowercase hex SHA-256 of the key (`python -m serve.auth new-key`); "
+        "read by every Driver replica at start-up; default: the IMGSOUND_API_KEYS_FILE variable of `serve run`",
+    )
+    samples_per_minute: float | None = Field(default=None, gt=0, description="per key; None: no rate limit")
+    burst: int | None = Field(default=None, ge=1, description="samples a key may use at once (default: the rate)")
+
+
+class Renderer(BaseModel):
+    """The Renderer deployment's CPU threads (PNG/WAV/MP4 encoding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    torch_threads: int | None = Field(default=None, ge=1)
 
 
 class AppArgs(BaseModel):
@@ -63,6 +91,8 @@ class AppArgs(BaseModel):
     )
     limits: Limits = Limits()
     resilience: Resilience = Resilience()
+    auth: Auth = Auth()
+    renderer: Renderer = Renderer()
     output_store: str | None = Field(
         default=None,
         description="None: artifacts inline as base64; 'file:///dir', a folder or 's3://bucket/prefix': also "

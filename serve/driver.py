@@ -1,14 +1,17 @@
-"""The driver: the HTTP ingress that runs each request's DDIM loop over the remote UNets.
+"""The Driver: the HTTP ingress — authentication, validation, admission and each request's DDIM loop.
 
 Per request it holds the latents in a core `StepScheduler` and, at every step, sends that request's rows to
 both UNet deployments concurrently; their `@serve.batch` merges the rows of every request in flight — at
 whatever step each is — into one forward (continuous batching: a new request joins the next forward). Then
 the core combines the estimates and takes the DDIM step, exactly as the CLI does, so the same seed gives the same
-sample. Failed remote calls are retried (a step is a pure function of its inputs) and then answered with a 503.
+sample with the same id (`imgsound_core.identity`). Everything else is another deployment's: admission is the
+Gatekeeper's (service-wide, so any number of Driver replicas share one limit), decoding the UNet's and the
+Vocoder's, files and store writes the Renderer's. Failed remote calls are retried (a step is a pure function of
+its inputs) and then answered with a 503. Nothing here is per-process state the service depends on: run as many
+replicas as the HTTP load needs.
 """
 
 import asyncio
-import base64
 import logging
 import time
 from typing import Any
@@ -17,20 +20,23 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from imgsound_core import __version__
-from imgsound_core.artifacts import render_artifacts
+from imgsound_core.identity import ModelIdentity, SampleContext, sample_record
 from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import RequestError
 from imgsound_core.scheduler import ModelInputs, StepScheduler
-from jobs.store import Store, StoreError, open_store
-from serve.api import OUTPUT_FILES, GenerateBody, GenerateResponse, Health, SampleOut
+from jobs.store import StoreError
+from serve.admission import Decision
+from serve.api import GenerateBody, GenerateResponse, Health, SampleOut
+from serve.auth import ApiKeys
 from serve.config import AppArgs
-from serve.gallery import NotFound, RangeNotSatisfiable, StoreGallery, byte_range
-from serve.metrics import ServeMetrics
+from serve.gallery import ASSET_TYPES, NotFound, RangeNotSatisfiable, byte_range
+from serve.metrics import DriverMetrics, fetch, node_metrics_urls, service_exposition
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,36 +46,47 @@ api = FastAPI(
     description="Images that sound: spectrograms that look like a picture and play as natural audio.",
 )
 
+# The body schema of POST /v1/generate for the OpenAPI page: the route parses its body itself, after the API key.
+GENERATE_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
+    }
+}
+
+
+def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
+    """422 naming each bad field. The offending input is not echoed: it may not be JSON (NaN) or may be huge."""
+    problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in problems)
+    return JSONResponse(status_code=422, content={"detail": problems, "message": summary})
+
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """422 naming each bad field. The offending input is not echoed: it may not be JSON (NaN) or may be huge."""
-    problems = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in error.errors()
-    ]
-    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in problems)
-    return JSONResponse(status_code=422, content={"detail": problems, "message": summary})
+    return validation_problem(list(error.errors()))
 
 
 class ServiceUnavailable(Exception):
     """A deployment did not answer after the retries; the message says which."""
 
 
-class QueueFull(Exception):
-    pass
+class Refused(Exception):
+    """The Gatekeeper did not admit the request: rate limited (429), full (503) or too large (422)."""
+
+    STATUS = {"rate_limited": 429, "queue_full": 503, "too_large": 422}
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.message or "the request was not admitted")
+        self.decision = decision
 
 
 class InternalError(Exception):
     """A deployment raised on this request (a bug, not an outage): 500."""
 
 
-def open_output_store(uri: str | None) -> Store | None:
-    """The output store (`file:///dir`, a folder, or `s3://bucket/prefix`); None for inline-only serving."""
-    if uri is None:
-        return None
-    store = open_store(uri)
-    store.check_writable()  # fail at start-up, not on the first request
-    return store
+# Exceptions a deployment raises on purpose; they reach the Driver as themselves, not as a failure.
+PASSTHROUGH = (StoreError, NotFound, RangeNotSatisfiable)
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -80,17 +97,21 @@ class Driver:
         image_unet: DeploymentHandle,
         audio_unet: DeploymentHandle,
         vocoder: DeploymentHandle,
+        renderer: DeploymentHandle,
+        gatekeeper: DeploymentHandle,
         args: dict[str, Any],
     ) -> None:
         self.args = AppArgs.model_validate(args)
+        keys_file = self.args.auth.api_keys_file
+        self.api_keys = ApiKeys.from_file(keys_file) if keys_file else ApiKeys.disabled()
         self.image_unet = image_unet
         self.audio_unet = audio_unet
         self.vocoder = vocoder
-        self.metrics = ServeMetrics()
-        self.samples_in_flight = 0
+        self.renderer = renderer
+        self.gatekeeper = gatekeeper
+        self.metrics = DriverMetrics()
+        self.samples_in_flight = 0  # this replica's share, for the gauge; the limit is the Gatekeeper's
         self._model_info: dict[str, Any] | None = None
-        self.store = open_output_store(self.args.output_store)
-        self.gallery = StoreGallery(self.store) if self.store is not None else None
 
     # ---- remote calls -------------------------------------------------------------------------------------
     async def _call(self, deployment: str, method, *payload):
@@ -101,6 +122,9 @@ class Driver:
             try:
                 return await asyncio.wait_for(response, timeout=resilience.call_timeout_s)
             except RayTaskError as error:
+                cause = getattr(error, "cause", None)
+                if isinstance(cause, PASSTHROUGH):
+                    raise cause from None
                 # The deployment's own code raised: retrying the same inputs would raise again.
                 logger.error("%s raised: %s", deployment, error)
                 raise InternalError(f"the {deployment} deployment failed on this request") from None
@@ -112,7 +136,7 @@ class Driver:
                     raise ServiceUnavailable(
                         f"the {deployment} deployment failed ({reason}) {attempt + 1} times; try again shortly"
                     ) from None
-                self.metrics.retries.labels(deployment=deployment).inc()
+                self.metrics.retries.inc(tags={"target": deployment})
                 await asyncio.sleep(resilience.retry_backoff_s * (attempt + 1))
         raise AssertionError("unreachable")
 
@@ -125,15 +149,27 @@ class Driver:
             )
             if image["latent_channels"] != audio["latent_channels"]:
                 raise ServiceUnavailable("the image and audio models do not share a latent space")
+            if vocoder["identity"] != audio["identity"]:
+                # The sample id names the audio model; a vocoder from other weights would make other sounds.
+                raise ServiceUnavailable("the Vocoder deployment loads another model than AudioUNet")
             self._model_info = {"image": image, "audio": audio, "vocoder": vocoder}
         return self._model_info
+
+    def _context(self, info: dict[str, Any], body: GenerateBody) -> SampleContext:
+        """What, besides the request, decides these samples: the same fields as the CLI's and a sweep's."""
+        image_dtype, audio_dtype = info["image"]["dtype"], info["audio"]["dtype"]
+        return SampleContext(
+            image_model=ModelIdentity(**info["image"]["identity"]),
+            audio_model=ModelIdentity(**info["audio"]["identity"]),
+            dtype=image_dtype if image_dtype == audio_dtype else f"{image_dtype}/{audio_dtype}",
+            vocoder=body.vocoder,
+            crop=body.crop,
+        )
 
     async def _unet(self, model: str, handle: DeploymentHandle, inputs: ModelInputs) -> torch.Tensor | None:
         if len(inputs) == 0:
             return None
-        output = await self._call(f"{model.capitalize()}UNet", handle.predict, inputs)
-        self.metrics.observe_unet(model, output.batch_samples, output.batch_timesteps, output.batch_requests)
-        return output.eps
+        return await self._call(f"{model.capitalize()}UNet", handle.predict, inputs)
 
     # ---- the DDIM loop of one request -----------------------------------------------------------------------
     async def _denoise(self, requests, info) -> torch.Tensor:
@@ -154,21 +190,22 @@ class Driver:
             self.metrics.step_latency.observe(time.perf_counter() - started)
         return torch.stack([finished[i] for i in range(len(requests))])
 
-    def _admit(self, count: int) -> None:
-        limit = self.args.limits.max_samples_in_flight
-        if self.samples_in_flight + count > limit:
-            raise QueueFull(f"{self.samples_in_flight} samples are in flight (limit {limit}); retry later")
-        self.samples_in_flight += count
-        self.metrics.samples_in_flight.set(self.samples_in_flight)
+    async def _admit(self, key_label: str | None, count: int) -> str:
+        decision = await self._call("Gatekeeper", self.gatekeeper.admit, key_label, count)
+        if not decision.admitted:
+            raise Refused(decision)
+        return decision.ticket
 
-    def _release(self, count: int) -> None:
-        self.samples_in_flight -= count
-        self.metrics.samples_in_flight.set(self.samples_in_flight)
+    def _release(self, ticket: str) -> None:
+        # Fire and forget: the answer does not wait for it, and a lost release expires with its ticket.
+        self.gatekeeper.release.remote(ticket)
 
-    async def _generate(self, body: GenerateBody) -> GenerateResponse:
-        requests = body.to_requests(self.args.limits)
+    async def _generate(self, body: GenerateBody, requests, key_label: str | None) -> GenerateResponse:
         info = await self.model_info()
-        self._admit(len(requests))
+        context = self._context(info, body)
+        ticket = await self._admit(key_label, len(requests))
+        self.samples_in_flight += len(requests)
+        self.metrics.samples_in_flight.set(self.samples_in_flight)
         try:
             t0 = time.perf_counter()
             latents = await self._denoise(requests, info)
@@ -178,133 +215,161 @@ class Driver:
                 self._call("Vocoder", self.vocoder.decode, latents, body.vocoder),
             )
             t2 = time.perf_counter()
-        finally:
-            self._release(len(requests))
-        context = {
-            "image_model": info["image"]["model"],
-            "audio_model": info["audio"]["model"],
-            "vocoder": body.vocoder,
-        }
-        samples = []
-        for index, request in enumerate(requests):
-            sample_id = request.sample_id(context)
-            record = {
-                **request.to_dict(),
-                "sample_id": sample_id,
-                "sample_index": index,
-                **context,
-                "timings_s": {"denoise": t1 - t0, "decode": t2 - t1},
-                "versions": {"imgsound": __version__},
-            }
-            artifacts = await asyncio.to_thread(  # PNG/WAV encoding, and ffmpeg for a video, block
-                render_artifacts,
-                images[index],
-                spectrograms[index],
-                waveforms[index],
-                record,
-                crop=body.crop,
-                video="video" in body.outputs,
+            timings = {"denoise": t1 - t0, "decode": t2 - t1}
+            records = [
+                sample_record(request, context, sample_index=i, device=info["image"]["device"], timings_s=timings)
+                for i, request in enumerate(requests)
+            ]
+            rendered = await self._call(
+                "Renderer",
+                self.renderer.render,
+                images,
+                spectrograms,
+                waveforms,
+                records,
+                body.crop,
+                list(body.outputs),
+                body.inline,
             )
-            out = SampleOut(sample_id=sample_id, index=index, seed=request.seed, parameters=record)
-            wanted = {OUTPUT_FILES[name]: name for name in body.outputs}
-            if self.store is not None:
-                # The id hashes everything that decides the sample, so an existing folder holds the same sample;
-                # sample.json goes last, so a folder with one is complete.
-                for file in sorted(artifacts, key=lambda name: name == "sample.json"):
-                    uri = await asyncio.to_thread(self.store.put_bytes, f"{sample_id}/{file}", artifacts[file])
-                    if file in wanted:
-                        out.uris[wanted[file]] = uri
-            if body.inline or self.store is None:
-                out.base64 = {name: base64.b64encode(artifacts[file]).decode("ascii") for file, name in wanted.items()}
-            samples.append(out)
+            if isinstance(rendered, StoreError):
+                raise rendered
+        finally:
+            self.samples_in_flight -= len(requests)
+            self.metrics.samples_in_flight.set(self.samples_in_flight)
+            self._release(ticket)
+        samples = [
+            SampleOut(
+                sample_id=record["sample_id"],
+                index=index,
+                seed=record["seed"],
+                parameters=record,
+                base64=files.base64,
+                uris=files.uris,
+            )
+            for index, (record, files) in enumerate(zip(records, rendered))
+        ]
         self.metrics.samples_generated.inc(len(samples))
-        return GenerateResponse(samples=samples, timings_s={"denoise": t1 - t0, "decode": t2 - t1})
+        return GenerateResponse(samples=samples, timings_s={**timings, "render": time.perf_counter() - t2})
+
+    def _authenticate(self, request: Request) -> str | None:
+        """The key's label (never the key) when keys are configured; a 401 when the request has no valid key."""
+        if not self.api_keys.enabled:
+            return None
+        label = self.api_keys.authenticate(request.headers.get("authorization"))
+        if label is None:
+            message = "a valid API key is required: send `Authorization: Bearer <key>`"
+            if request.headers.get("authorization"):
+                message = "the API key is not valid"
+            raise HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
+        return label
+
+    def _unavailable(self, message: str) -> JSONResponse:
+        return JSONResponse(
+            status_code=503, content={"detail": message}, headers={"Retry-After": str(self.args.limits.retry_after_s)}
+        )
 
     # ---- HTTP ------------------------------------------------------------------------------------------------
-    @api.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(self, body: GenerateBody):
-        started = time.perf_counter()
-        outcome = "ok"
+    @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_OPENAPI)
+    async def generate(self, request: Request):
+        # The key is checked before the body is read: an unauthenticated client gets nothing parsed.
+        key_label = self._authenticate(request)
         try:
-            return await self._generate(body)
+            body = GenerateBody.model_validate_json(await request.body())
+        except ValidationError as error:
+            self.metrics.failures.inc(tags={"reason": "invalid"})
+            return validation_problem([{**e, "loc": ("body", *e.get("loc", ()))} for e in error.errors()])
+        started = time.perf_counter()
+        outcome = "internal"  # anything not answered below is a bug: counted as one
+        try:
+            requests = body.to_requests(self.args.limits)
+            response = await self._generate(body, requests, key_label)
+            outcome = "ok"
+            return response
         except RequestError as error:
             outcome = "invalid"
             raise HTTPException(status_code=422, detail=str(error)) from None
-        except QueueFull as error:
-            outcome = "queue_full"
+        except Refused as error:
+            reason = error.decision.reason or "queue_full"
+            outcome = {"too_large": "invalid"}.get(reason, reason)
+            headers = {}
+            if error.decision.retry_after_s is not None:
+                headers["Retry-After"] = str(max(1, round(error.decision.retry_after_s + 0.5)))
             return JSONResponse(
-                status_code=503,
-                content={"detail": str(error)},
-                headers={"Retry-After": str(self.args.limits.retry_after_s)},
+                status_code=Refused.STATUS.get(reason, 503), content={"detail": str(error)}, headers=headers
             )
         except StoreError as error:
             outcome = "store_unavailable"
-            return JSONResponse(
-                status_code=503,
-                content={"detail": f"the output store failed: {error}"},
-                headers={"Retry-After": str(self.args.limits.retry_after_s)},
-            )
+            return self._unavailable(f"the output store failed: {error}")
         except InternalError as error:
-            outcome = "internal"
             return JSONResponse(status_code=500, content={"detail": str(error)})
         except ServiceUnavailable as error:
             outcome = "unavailable"
-            return JSONResponse(
-                status_code=503,
-                content={"detail": str(error)},
-                headers={"Retry-After": str(self.args.limits.retry_after_s)},
-            )
+            return self._unavailable(str(error))
         finally:
             if outcome != "ok":
-                self.metrics.failures.labels(reason=outcome).inc()
-            self.metrics.request_latency.labels(outcome=outcome).observe(time.perf_counter() - started)
+                self.metrics.failures.inc(tags={"reason": outcome})
+            self.metrics.request_latency.observe(time.perf_counter() - started, tags={"outcome": outcome})
 
     @api.get("/v1/health", response_model=Health)
-    async def health(self) -> Health:
+    async def health(self) -> Health | JSONResponse:
+        try:
+            state = await asyncio.wait_for(self.gatekeeper.snapshot.remote(), timeout=5)
+        except (RayError, TimeoutError):
+            return self._unavailable("the Gatekeeper deployment does not answer")
         return Health(
             status="ok",
-            samples_in_flight=self.samples_in_flight,
-            max_samples_in_flight=self.args.limits.max_samples_in_flight,
+            samples_in_flight=state["samples_in_flight"],
+            max_samples_in_flight=state["max_samples_in_flight"],
         )
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
-        return Response(content=self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        """The whole service's imgsound metrics: every node's Ray export, summed over processes."""
 
-    # ---- the gallery of the output store -------------------------------------------------------------------
-    def _gallery(self) -> StoreGallery:
-        if self.gallery is None:
-            raise HTTPException(status_code=404, detail="this server has no output store, so there is no gallery")
-        return self.gallery
+        def collect() -> str:
+            texts = []
+            for url in node_metrics_urls():
+                try:
+                    texts.append(fetch(url))
+                except OSError as error:  # a node going away must not take the scrape down
+                    logger.warning("metrics of %s unreadable: %r", url, error)
+            return service_exposition(texts)
 
+        text = await asyncio.to_thread(collect)
+        return Response(content=text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ---- the gallery of the output store (the Renderer reads it) ------------------------------------------
     @api.get("/gallery", include_in_schema=False)
     async def gallery_root(self, request: Request) -> Response:
+        self._authenticate(request)
         return RedirectResponse(url=request.url.path + "/", status_code=302)  # the page's links are relative
 
+    async def _gallery_call(self, method, *payload):
+        try:
+            return await self._call("Renderer", method, *payload)
+        except NotFound as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+        except StoreError as error:
+            raise HTTPException(status_code=503, detail=f"the output store failed: {error}") from None
+
     @api.get("/gallery/", include_in_schema=False)
-    async def gallery_page(self) -> Response:
-        content, media_type = self._gallery().asset("index.html")
-        return Response(content=content, media_type=media_type)
+    async def gallery_page(self, request: Request) -> Response:
+        return await self.gallery_asset("index.html", request)
 
     @api.get("/gallery/data/samples.js", include_in_schema=False)
-    async def gallery_data(self) -> Response:
-        try:
-            script = await asyncio.to_thread(self._gallery().data)
-        except StoreError as error:
-            return JSONResponse(status_code=503, content={"detail": f"the output store failed: {error}"})
+    async def gallery_data(self, request: Request) -> Response:
+        self._authenticate(request)
+        script = await self._gallery_call(self.renderer.gallery_data)
         return Response(content=script, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     @api.get("/gallery/media/{key}/{role}", include_in_schema=False)
     async def gallery_media(self, key: str, role: str, request: Request) -> Response:
+        self._authenticate(request)
+        content, media_type = await self._gallery_call(self.renderer.gallery_media, key, role)
         try:
-            content, media_type = await asyncio.to_thread(self._gallery().media, key, role)
             span = byte_range(request.headers.get("range"), len(content))
-        except NotFound as error:
-            raise HTTPException(status_code=404, detail=str(error)) from None
         except RangeNotSatisfiable as error:
             return JSONResponse(status_code=416, content={"detail": str(error)})
-        except StoreError as error:
-            return JSONResponse(status_code=503, content={"detail": f"the output store failed: {error}"})
         headers = {"Accept-Ranges": "bytes", "Cache-Control": "max-age=3600"}
         if span is None:
             return Response(content=content, media_type=media_type, headers=headers)
@@ -313,9 +378,12 @@ class Driver:
         return Response(content=content[start : end + 1], status_code=206, media_type=media_type, headers=headers)
 
     @api.get("/gallery/{asset}", include_in_schema=False)
-    async def gallery_asset(self, asset: str) -> Response:
-        try:
-            content, media_type = self._gallery().asset(asset)
-        except NotFound as error:
-            raise HTTPException(status_code=404, detail=str(error)) from None
-        return Response(content=content, media_type=media_type)
+    async def gallery_asset(self, asset: str, request: Request) -> Response:
+        self._authenticate(request)
+        if not await self._call("Renderer", self.renderer.has_store):
+            raise HTTPException(status_code=404, detail="this server has no output store, so there is no gallery")
+        from imgsound_core.gallery import STATIC_ASSETS, static_asset
+
+        if asset not in STATIC_ASSETS:
+            raise HTTPException(status_code=404, detail=f"the gallery has no file {asset!r}")
+        return Response(content=static_asset(asset), media_type=ASSET_TYPES[asset[asset.rindex(".") :]])

@@ -36,10 +36,19 @@ def _lower(headers) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
-def http(method: str, url: str, body: Any = None, raw: bytes | None = None, timeout: float = 300):
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    timeout: float = 300,
+    headers: dict[str, str] | None = None,
+):
     """(status, lower-cased headers, parsed JSON or text) — errors are returned, not raised."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, headers, payload = response.status, _lower(response.headers), response.read()
@@ -68,6 +77,7 @@ class ServeCluster:
     url: str
     ray_address: str
     env: dict[str, str]
+    metrics_port: int  # Ray's metrics export port of the (single) node: every process's raw series
 
     def stop(self) -> None:
         stop_ray(self.env)
@@ -87,6 +97,8 @@ def cluster_env() -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}",
         RAY_DEDUP_LOGS="0",
+        # Ray exports replica metrics every 10 s by default; /metrics then lags by that much.
+        RAY_metrics_report_interval_ms="1000",
         # As in an activated virtualenv: `python` in a Ray job's entrypoint is this environment's interpreter.
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
@@ -133,16 +145,33 @@ def start(
     overrides: dict[str, Any] | None = None,
     args: dict[str, Any] | None = None,
     ready_timeout_s: float = 300,
+    deployments: dict[str, dict[str, Any]] | None = None,
+    api_key: str | None = None,
 ):
-    """Start Ray and the app; wait until /v1/health answers. Returns a ServeCluster (call .stop())."""
+    """Start Ray and the app; wait until /v1/health answers. Returns a ServeCluster (call .stop()).
+
+    `deployments` overrides Serve options per deployment name (e.g. `{"Driver": {"num_replicas": 2}}`);
+    `api_key` authenticates the warm-up request when the app has keys configured.
+    """
     env = cluster_env()
-    http_port = free_port()
-    start_ray_head(env, "--node-ip-address", "127.0.0.1", "--include-dashboard", "false")
+    http_port, metrics_port = free_port(), free_port()
+    start_ray_head(
+        env,
+        "--node-ip-address",
+        "127.0.0.1",
+        "--include-dashboard",
+        "false",
+        "--metrics-export-port",
+        str(metrics_port),
+    )
     # Ray rewrites a loopback GCS address to the node's own address; "auto" reads the address `ray start` recorded.
     address = "auto"
     config_path = workdir / "serve.yaml"
-    config_path.write_text(yaml.safe_dump(serve_config(models, http_port, overrides, args)))
-    cluster = ServeCluster(url=f"http://127.0.0.1:{http_port}", ray_address=address, env=env)
+    config = serve_config(models, http_port, overrides, args)
+    for deployment in config["applications"][0]["deployments"]:
+        deployment.update((deployments or {}).get(deployment["name"], {}))
+    config_path.write_text(yaml.safe_dump(config))
+    cluster = ServeCluster(url=f"http://127.0.0.1:{http_port}", ray_address=address, env=env, metrics_port=metrics_port)
     try:
         subprocess.run(
             [str(BIN / "serve"), "run", "--address", address, "--non-blocking", str(config_path)],
@@ -158,7 +187,10 @@ def start(
                 status, _, _ = http("GET", f"{cluster.url}/v1/health", timeout=5)
                 if status == 200:
                     # The driver answers before the model replicas are up: one tiny request waits for them all.
-                    status, _, body = http("POST", f"{cluster.url}/v1/generate", WARM_UP, timeout=ready_timeout_s)
+                    auth = {"Authorization": f"Bearer {api_key}"} if api_key else None
+                    status, _, body = http(
+                        "POST", f"{cluster.url}/v1/generate", WARM_UP, timeout=ready_timeout_s, headers=auth
+                    )
                     if status != 200:
                         raise RuntimeError(f"warm-up request failed: {status} {body}")
                     return cluster

@@ -12,30 +12,21 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from ray import serve
 
 from imgsound_core.decode import decode_latents
+from imgsound_core.identity import dtype_name, model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from imgsound_core.sampler import predict_guided_eps
 from imgsound_core.scheduler import ModelInputs
 from imgsound_core.text import encode_prompts
 from serve.config import BatchConfig, ModelPlacement
+from serve.metrics import UNetMetrics
 
 PROMPT_CACHE_SIZE = 4096  # embeddings kept per replica (77×768 fp16 ≈ 118 kB each for the real models)
-
-
-@dataclass(frozen=True)
-class UNetOutput:
-    """One request's guided estimates for one step, and what the UNet forward they came from looked like."""
-
-    eps: torch.Tensor  # (R, C, h, w) float32, CPU
-    batch_samples: int  # samples in the whole forward (its batch is twice that: the CFG pairs)
-    batch_timesteps: int  # distinct timesteps in the forward (> 1: requests at different steps shared it)
-    batch_requests: int  # requests whose rows were merged
 
 
 def count_samples(items: list[ModelInputs]) -> int:
@@ -79,6 +70,8 @@ class UNetDeployment:
             settings.model, role, parts=parts, device=parse_device(settings.device), dtype=parse_dtype(settings.dtype)
         )
         self.prompts = PromptEmbeddings(self.bundle.tokenizer, self.bundle.text_encoder)
+        self.identity = model_identity(self.bundle)
+        self.metrics = UNetMetrics(role)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = BatchConfig.model_validate(user_config or {})
@@ -86,27 +79,30 @@ class UNetDeployment:
         self.predict.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
     def model_info(self) -> dict[str, Any]:
-        """What the driver needs once: the DDIM scheduler config, the latent channels and provenance."""
+        """What the driver needs once: the DDIM scheduler config, the latent channels and the model's identity."""
         return {
             "scheduler_config": self.bundle.scheduler_config,
             "latent_channels": self.bundle.latent_channels,
-            "model": self.bundle.describe(),
+            "identity": self.identity.__dict__,
+            "dtype": dtype_name(self.bundle.dtype),
+            "device": self.bundle.device.type,
             "replica_pid": os.getpid(),
         }
 
-    def _forward(self, items: list[ModelInputs]) -> list[UNetOutput]:
+    def _forward(self, items: list[ModelInputs]) -> list[torch.Tensor]:
         """One UNet forward per latent shape present (requests of different sizes cannot share a tensor)."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(items):
             groups.setdefault(tuple(item.latents.shape[1:]), []).append(index)
-        outputs: list[UNetOutput | None] = [None] * len(items)
+        outputs: list[torch.Tensor | None] = [None] * len(items)
         for indices in groups.values():
             group = [items[i] for i in indices]
             for index, output in zip(indices, self._forward_same_shape(group)):
                 outputs[index] = output
         return outputs  # type: ignore[return-value]
 
-    def _forward_same_shape(self, items: list[ModelInputs]) -> list[UNetOutput]:
+    def _forward_same_shape(self, items: list[ModelInputs]) -> list[torch.Tensor]:
+        """`(R, C, h, w)` float32 CPU guided estimates per item, from one forward over all their rows."""
         latents = torch.cat([item.latents for item in items])  # (N, C, h, w): all requests' rows, one batch
         timesteps = torch.cat([item.timesteps for item in items])
         prompts = [p for item in items for p in item.prompts]
@@ -115,15 +111,15 @@ class UNetDeployment:
         eps = predict_guided_eps(
             self.bundle.unet, latents, timesteps, self.prompts.get(prompts), self.prompts.get(negatives), guidance
         ).cpu()
-        distinct = int(torch.unique(timesteps).numel())
+        self.metrics.observe(len(latents), int(torch.unique(timesteps).numel()), len(items))
         outputs, start = [], 0
         for item in items:
-            outputs.append(UNetOutput(eps[start : start + len(item)], len(latents), distinct, len(items)))
+            outputs.append(eps[start : start + len(item)])
             start += len(item)
         return outputs
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=count_samples)
-    async def predict(self, items: list[ModelInputs]) -> list[UNetOutput]:
+    async def predict(self, items: list[ModelInputs]) -> list[torch.Tensor]:
         # The forward runs in a worker thread so the replica keeps answering health checks meanwhile.
         return await asyncio.to_thread(self._forward, items)
 

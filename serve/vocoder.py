@@ -14,6 +14,7 @@ from ray import serve
 
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder, spectrogram_to_waveform
 from imgsound_core.decode import decode_latents, spectrogram_from_decoded
+from imgsound_core.identity import model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from serve.config import ModelPlacement
 
@@ -49,4 +50,4 @@ class VocoderDeployment:
         return await asyncio.to_thread(self._decode, latents, vocoder)
 
     def model_info(self) -> dict[str, Any]:
-        return {"model": self.bundle.describe()}
+        return {"identity": model_identity(self.bundle).__dict__}

@@ -151,18 +151,31 @@ def test_concurrent_requests_share_unet_forwards_across_steps(service):
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda b: generate(service, **b), bodies))
     assert [r[0] for r in results] == [200] * 6
-    after_timesteps = metric_samples(service, "imgsound_unet_batch_timesteps_bucket")
-    after_requests = metric_samples(service, "imgsound_unet_batch_requests_bucket")
 
     def delta_above_one(after, before, model):
         """Forwards of `model` in this test whose value was > 1 (total count minus the le=1 bucket)."""
         total = f'{{le="+Inf",model="{model}"}}'
         ones = f'{{le="1.0",model="{model}"}}'
-        return (after[total] - before.get(total, 0)) - (after[ones] - before.get(ones, 0))
+        return (after.get(total, 0) - before.get(total, 0)) - (after.get(ones, 0) - before.get(ones, 0))
 
-    for model in ("image", "audio"):
-        assert delta_above_one(after_requests, before_requests, model) > 0, f"no {model} forward merged requests"
-        assert delta_above_one(after_timesteps, before_timesteps, model) > 0, f"no {model} forward mixed steps"
+    # Every replica exports its series to Ray about once a second: wait for this test's forwards to show.
+    deadline = time.monotonic() + 60
+    while True:
+        after_timesteps = metric_samples(service, "imgsound_unet_batch_timesteps_bucket")
+        after_requests = metric_samples(service, "imgsound_unet_batch_requests_bucket")
+        merged = {
+            model: (
+                delta_above_one(after_requests, before_requests, model),
+                delta_above_one(after_timesteps, before_timesteps, model),
+            )
+            for model in ("image", "audio")
+        }
+        if all(a > 0 and b > 0 for a, b in merged.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for model, (requests_merged, steps_mixed) in merged.items():
+        assert requests_merged > 0, f"no {model} forward merged requests"
+        assert steps_mixed > 0, f"no {model} forward mixed steps"
     generated = metric_samples(service, "imgsound_samples_generated_total")
     assert generated[""] >= 6
 
@@ -297,7 +310,9 @@ def test_killing_a_unet_replica_mid_request_is_survived(service):
 
 
 def test_output_store_writes_files_and_returns_uris(service):
-    status, _, body = generate(
+    """A cropped and an uncropped sample of the same request are two samples: two ids, two sets of files, both
+    intact after both requests."""
+    status, _, cropped = generate(
         service,
         image_prompt="a",
         audio_prompt="b",
@@ -306,18 +321,14 @@ def test_output_store_writes_files_and_returns_uris(service):
         height=64,
         width=256,
         crop=True,
-        outputs=["image", "audio"],
+        outputs=["image", "audio", "record"],
     )
     assert status == 200
-    sample = body["samples"][0]
-    assert set(sample["base64"]) == {"image", "audio"} and set(sample["uris"]) == {"image", "audio"}
+    sample = cropped["samples"][0]
+    assert set(sample["base64"]) == {"image", "audio", "record"} and set(sample["uris"]) == {"image", "audio", "record"}
     picture_bytes = base64.b64decode(sample["base64"]["image"])
     stored = Path(urlparse(sample["uris"]["image"]).path)
     assert stored.parent.name == sample["sample_id"] and stored.read_bytes() == picture_bytes
-    picture = Image.open(io.BytesIO(picture_bytes))
-    assert picture.size == (224, 64) and picture.mode == "RGB"
-    audio, rate = soundfile.read(Path(urlparse(sample["uris"]["audio"]).path))
-    assert rate == 16000 and audio.shape == ((256 - 32) * 160,)
 
     status, _, body = generate(
         service,
@@ -327,12 +338,66 @@ def test_output_store_writes_files_and_returns_uris(service):
         image_start_step=0,
         height=64,
         width=256,
-        outputs=["record"],
+        outputs=["image", "audio", "record"],
         inline=False,
     )
     assert status == 200 and body["samples"][0]["base64"] == {}
-    record = json.loads(Path(urlparse(body["samples"][0]["uris"]["record"]).path).read_text())
-    assert record["sample_id"] == body["samples"][0]["sample_id"] and record["steps"] == 2
+    full = body["samples"][0]
+    assert full["sample_id"] != sample["sample_id"]
+    record = json.loads(Path(urlparse(full["uris"]["record"]).path).read_text())
+    assert record["sample_id"] == full["sample_id"] and record["steps"] == 2 and record["crop"] is False
+
+    # Both sets of files, each as its own request made it.
+    for answer, width in ((sample, 224), (full, 256)):
+        with Image.open(Path(urlparse(answer["uris"]["image"]).path)) as picture:
+            assert picture.size == (width, 64) and picture.mode == "RGB"
+        audio, rate = soundfile.read(Path(urlparse(answer["uris"]["audio"]).path))
+        assert rate == 16000 and audio.shape == (width * 160,)
+        stored_record = json.loads(Path(urlparse(answer["uris"]["record"]).path).read_text())
+        assert stored_record["crop"] is (width == 224) and stored_record["sample_id"] == answer["sample_id"]
+    assert stored.read_bytes() == picture_bytes
+
+
+def test_the_same_sample_has_one_id_and_record_via_cli_http_and_sweep(service, tiny_models, tmp_path):
+    """One request through `imgsound generate`, POST /v1/generate and a sweep: the same sample_id, the same record
+    (apart from timings and the sweep's own fields), the same spectrogram; no local path in what HTTP returns."""
+    from jobs.spec import SweepSpec
+    from tests.in_process import run_sweep_in_process
+
+    out = tmp_path / "cli"
+    flags = ["--image-prompt", "castle towers", "--audio-prompt", "bells", "--steps", "4", "--image-start-step"]
+    flags += ["1", "--seed", "7", "--height", "64", "--width", "256", "--audio-weight", "0.3"]
+    models = ["--image-model", str(tiny_models / "image"), "--audio-model", str(tiny_models / "audio")]
+    assert cli_main(["generate", *models, *flags, "--out", str(out)]) == 0
+    cli_record = json.loads((out / "sample_000" / "sample.json").read_text())
+
+    body = dict(image_prompt="castle towers", audio_prompt="bells", steps=4, image_start_step=1, seed=7, height=64)
+    status, _, answer = generate(service, **body, width=256, audio_weight=0.3, outputs=["record", "spectrogram_npy"])
+    assert status == 200
+    served = answer["samples"][0]
+    http_record = json.loads(base64.b64decode(served["base64"]["record"]))
+    assert str(tiny_models) not in json.dumps(answer)  # paths of the server's models stay on the server
+
+    models_spec = {"image": str(tiny_models / "image"), "audio": str(tiny_models / "audio"), "dtype": "fp32"}
+    spec = SweepSpec.model_validate(
+        {
+            "name": "identity",
+            "pairs": [{"image": "castle towers", "audio": "bells"}],
+            "seed": 7,
+            "params": {"steps": 4, "image_start_step": 1, "height": 64, "width": 256, "audio_weight": 0.3},
+            "models": {**models_spec, "device": "cpu"},
+        }
+    )
+    store, points = run_sweep_in_process(spec, tmp_path / "sweep")
+    sweep_record = json.loads(store.get_bytes(f"samples/{points[0].sample_id}/sample.json"))
+
+    assert cli_record["sample_id"] == served["sample_id"] == http_record["sample_id"] == sweep_record["sample_id"]
+    assert served["sample_id"] == points[0].sample_id
+    volatile = {"timings_s", "created_utc", "sweep", "pair_index"}
+    same = {k: v for k, v in cli_record.items() if k not in volatile}
+    assert same == {k: v for k, v in http_record.items() if k not in volatile}
+    assert same == {k: v for k, v in sweep_record.items() if k not in volatile}
+    assert np.abs(npy(served) - np.load(out / "sample_000" / "spectrogram.npy")).max() < 1e-4
 
 
 def test_video_output_and_the_gallery_of_the_output_store(service):

@@ -6,7 +6,7 @@ import boto3
 import pytest
 
 from jobs.store import StoreError
-from serve.driver import open_output_store
+from serve.renderer import open_output_store
 from tests.s3_server import MotoServer
 
 

@@ -1,0 +1,112 @@
+"""The Renderer deployment: a sample's files (PNG / WAV / NPY / MP4 / sample.json) and their store writes.
+
+Encoding (and ffmpeg for a video, 2–3 s of CPU a sample) and uploads run here, on CPU replicas of their own, so
+the ingress never blocks on them and rendering scales by adding replicas. It also reads the output store for the
+service's gallery, so the Driver holds no store at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from ray import serve
+
+from imgsound_core.artifacts import render_artifacts
+from jobs.store import Store, StoreError, open_store
+from serve.api import OUTPUT_FILES
+from serve.gallery import NotFound, StoreGallery
+
+
+def open_output_store(uri: str | None) -> Store | None:
+    """The output store (`file:///dir`, a folder, or `s3://bucket/prefix`); None for inline-only serving."""
+    if uri is None:
+        return None
+    store = open_store(uri)
+    store.check_writable()  # fail at start-up, not on the first request
+    return store
+
+
+@dataclass
+class RenderedSample:
+    """One sample's outputs: base64 bytes by output name (when inline) and store URIs (when a store is set)."""
+
+    base64: dict[str, str] = field(default_factory=dict)
+    uris: dict[str, str] = field(default_factory=dict)
+
+
+@serve.deployment(max_ongoing_requests=8)
+class RendererDeployment:
+    """`output_store`: None, or the URI every sample is also written to as `<sample_id>/<file>`."""
+
+    def __init__(self, output_store: str | None, torch_threads: int | None = None) -> None:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.store = open_output_store(output_store)
+        self.gallery = StoreGallery(self.store) if self.store is not None else None
+
+    def _render_one(
+        self,
+        image: torch.Tensor,
+        spectrogram: torch.Tensor,
+        waveform: torch.Tensor,
+        record: dict[str, Any],
+        crop: bool,
+        outputs: list[str],
+        inline: bool,
+    ) -> RenderedSample:
+        artifacts = render_artifacts(image, spectrogram, waveform, record, crop=crop, video="video" in outputs)
+        wanted = {OUTPUT_FILES[name]: name for name in outputs}
+        rendered = RenderedSample()
+        if self.store is not None:
+            # The id hashes everything that decides the sample, so an existing folder holds the same sample;
+            # sample.json goes last, so a folder with one is complete.
+            for file in sorted(artifacts, key=lambda name: name == "sample.json"):
+                uri = self.store.put_bytes(f"{record['sample_id']}/{file}", artifacts[file])
+                if file in wanted:
+                    rendered.uris[wanted[file]] = uri
+        if inline or self.store is None:
+            rendered.base64 = {name: base64.b64encode(artifacts[file]).decode("ascii") for file, name in wanted.items()}
+        return rendered
+
+    async def render(
+        self,
+        images: torch.Tensor,
+        spectrograms: torch.Tensor,
+        waveforms: torch.Tensor,
+        records: list[dict[str, Any]],
+        crop: bool,
+        outputs: list[str],
+        inline: bool,
+    ) -> list[RenderedSample] | StoreError:
+        """The files of a request's samples (`(B, 3, H, W)` pictures, `(B, H, W)` spectrograms, `(B, W·160)`
+        waveforms, one record each). A store failure is returned, not raised: the Driver answers it with a 503."""
+        try:
+            return await asyncio.gather(
+                *(
+                    asyncio.to_thread(
+                        self._render_one, images[i], spectrograms[i], waveforms[i], record, crop, outputs, inline
+                    )
+                    for i, record in enumerate(records)
+                )
+            )
+        except StoreError as error:
+            return error
+
+    # ---- the output store's gallery ------------------------------------------------------------------------
+    def _gallery(self) -> StoreGallery:
+        if self.gallery is None:
+            raise NotFound("this server has no output store, so there is no gallery")
+        return self.gallery
+
+    async def gallery_data(self) -> str:
+        return await asyncio.to_thread(self._gallery().data)
+
+    async def gallery_media(self, key: str, role: str) -> tuple[bytes, str]:
+        return await asyncio.to_thread(self._gallery().media, key, role)
+
+    def has_store(self) -> bool:
+        return self.store is not None
