@@ -463,7 +463,9 @@ def test_setup_installs_the_mounted_project_with_the_same_ray() -> None:
         assert remote is not None, f"{name} is not mounted"
         assert remote == f"{remote_root}/{name}", (name, remote)
     setup = " ; ".join(config["setup_commands"])
-    assert re.search(rf"pip install .*-e {re.escape(remote_root)}(\s|$)", setup), setup
+    # The sources with the `jobs` extra; `~` does not expand inside the quotes the brackets need, so $HOME.
+    installed = re.escape(remote_root.replace("~", "$HOME", 1) + "[jobs]")
+    assert re.search(rf'pip install .*-e "{installed}"(\s|$)', setup), setup
     assert f'"ray[default]=={installed_ray_version()}"' in setup, setup
 
 
