@@ -1,9 +1,11 @@
 """Serving throughput against the in-process batched core, same models, same requests.
 
-Starts a local Ray cluster with the Serve app (serve/config.local.yaml on tiny models), sends `--requests`
-single-sample requests at each concurrency level, and runs the same requests through `Sampler` in this process
-with the same batch size; prints samples/s for both and the serving overhead fraction
-(serve seconds − core seconds) / core seconds.
+Starts a local Ray cluster with the Serve app (serve/config.local.yaml on tiny models: Driver, Gatekeeper,
+ImageUNet, AudioUNet, Vocoder, Renderer), sends `--requests` single-sample requests at each concurrency level, and
+runs the same requests through `Sampler` in this process with the same batch size — denoise, decode and vocode
+alone ("core"), and the same plus the files the service returns ("core + files": the same PNG/NPY/WAV encoding);
+prints samples/s for each and the serving overhead fraction (serve seconds − in-process seconds) / in-process
+seconds against both.
 
     python bench/bench_serve.py --concurrency 1 4 16 --steps 10
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from imgsound_core.artifacts import render_artifacts  # noqa: E402
 from imgsound_core.audio.vocoder import HiFiGANVocoder  # noqa: E402
 from imgsound_core.models.bundle import load_bundle  # noqa: E402
 from imgsound_core.models.tiny import write_tiny_models  # noqa: E402
@@ -70,8 +73,11 @@ def main() -> None:
             )
             list(sampler.generate(requests[:1]))  # warm-up
             t0 = time.perf_counter()
-            list(sampler.generate(requests))
+            results_in_process = list(sampler.generate(requests))
             core_s = time.perf_counter() - t0
+            for result in results_in_process:
+                render_artifacts(result.image, result.spectrogram, result.waveform, {"sample_id": "x"})
+            files_s = time.perf_counter() - t0
 
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 t0 = time.perf_counter()
@@ -85,8 +91,10 @@ def main() -> None:
                 "steps": args.steps,
                 "size": f"{args.height}x{args.width}",
                 "core_samples_per_s": args.requests / core_s,
+                "core_with_files_samples_per_s": args.requests / files_s,
                 "serve_samples_per_s": args.requests / serve_s,
                 "overhead_fraction": (serve_s - core_s) / core_s,
+                "overhead_vs_core_with_files": (serve_s - files_s) / files_s,
             }
             results.append(entry)
             print(json.dumps(entry), flush=True)

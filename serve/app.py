@@ -25,11 +25,18 @@ from serve.renderer import RendererDeployment
 from serve.vocoder import VocoderDeployment
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Build the imgsound app from `args` (validated as `AppArgs`; nested keys as in serve/config.yaml)."""
+def app_settings(args: dict[str, Any] | None = None) -> AppArgs:
+    """`args` validated, with the key file of `IMGSOUND_API_KEYS_FILE` when the args name none (so that
+    `IMGSOUND_API_KEYS_FILE=keys make serve` is protected)."""
     settings = AppArgs.model_validate(args or {})
     if settings.auth.api_keys_file is None and os.environ.get(API_KEYS_FILE_ENV):
         settings.auth.api_keys_file = os.path.abspath(os.environ[API_KEYS_FILE_ENV])
+    return settings
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Build the imgsound app from `args` (validated as `AppArgs`; nested keys as in serve/config.yaml)."""
+    settings = app_settings(args)
     image_unet = UNetDeployment.options(name="ImageUNet").bind("image", settings.image.model_dump())
     audio_unet = UNetDeployment.options(name="AudioUNet").bind("audio", settings.audio.model_dump())
     vocoder = VocoderDeployment.options(name="Vocoder").bind(settings.vocoder_placement.model_dump())
