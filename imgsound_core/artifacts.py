@@ -25,9 +25,7 @@ from PIL import Image
 from imgsound_core import provenance
 from imgsound_core.audio.mel import HOP_LENGTH, SAMPLE_RATE_HZ
 from imgsound_core.audio.vocoder import crop_waveform
-
-# The reference code crops 32 pixel columns (0.32 s) off the right edge, where the decoders leave a dark band.
-CROP_COLUMNS = 32
+from imgsound_core.request import CROP_COLUMNS
 
 ARTIFACT_NAMES = ("image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sample.json")
 # Optional: `render_artifacts(..., video=True)` adds it (before `sample.json`, which stays last).

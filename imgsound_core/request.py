@@ -23,6 +23,8 @@ MAX_GUIDANCE = 100.0
 MAX_SIDE_PIXELS = 4096
 SIZE_MULTIPLE = 8  # the VAE downsamples by 8
 MAX_SEED = 2**63 - 1
+# The reference code crops 32 pixel columns (0.32 s) off the right edge, where the decoders leave a dark band.
+CROP_COLUMNS = 32
 
 
 class RequestError(ValueError):
@@ -39,6 +41,25 @@ def known_fields(request_type: type, data: Mapping[str, Any], what: str = "reque
         if required not in data:
             raise RequestError(f"{required} is required")
     return dict(data)
+
+
+def check_text(name: str, value: object, max_chars: int = MAX_PROMPT_CHARS) -> None:
+    """A prompt: a string of at most `max_chars` characters that UTF-8 can encode (a lone surrogate such as
+    "\\ud800", which some JSON and YAML parsers let through, cannot reach a tokenizer)."""
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be a string")
+    if len(value) > max_chars:
+        raise RequestError(f"{name} is {len(value)} characters long; the limit is {max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{name} is not valid text (it holds a lone surrogate code point)") from None
+
+
+def check_crop(crop: bool, width: int) -> None:
+    """`crop` drops the last `CROP_COLUMNS` columns: the picture must be wider than that (checked before any work)."""
+    if crop and width <= CROP_COLUMNS:
+        raise RequestError(f"crop drops the last {CROP_COLUMNS} columns, so width must be more than that, got {width}")
 
 
 def content_id(payload: Mapping[str, Any]) -> str:
@@ -72,11 +93,7 @@ class SampleRequest:
 
     def __post_init__(self) -> None:
         for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise RequestError(f"{name} must be a string")
-            if len(value) > MAX_PROMPT_CHARS:
-                raise RequestError(f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
+            check_text(name, getattr(self, name))
         for name in ("image_prompt", "audio_prompt"):
             if not getattr(self, name).strip():
                 raise RequestError(f"{name} must not be empty")

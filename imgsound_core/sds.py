@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgsound_core.request import MAX_PROMPT_CHARS, RequestError, known_fields
+from imgsound_core.request import RequestError, check_text, known_fields
 
 T_MIN_FRACTION, T_MAX_FRACTION = 0.02, 0.98  # timesteps sampled in [20, 980] of 1000, as the reference
 
@@ -157,9 +157,7 @@ class SDSSettings:
 
     def __post_init__(self) -> None:
         for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS:
-                raise RequestError(f"{name} must be a string of at most {MAX_PROMPT_CHARS} characters")
+            check_text(name, getattr(self, name))
         if not self.image_prompt.strip() or not self.audio_prompt.strip():
             raise RequestError("image_prompt and audio_prompt must not be empty")
         for name in ("iterations", "crops", "crop_size", "hidden", "features"):

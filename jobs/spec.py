@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from imgsound_core.identity import ModelIdentity, SampleContext, identify_source, identity_hash, sample_id
 from imgsound_core.methods import REQUEST_TYPES, request_fields
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
-from imgsound_core.request import RequestError
+from imgsound_core.request import RequestError, check_crop
 from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
 
 Method = Literal["denoise", "imprint", "sds"]
@@ -133,7 +133,8 @@ class SweepSpec(BaseModel):
                 f"unknown params for method {self.method}: {', '.join(unknown)} (allowed: {', '.join(allowed)})"
             )
         for image, audio in self.prompt_pairs():
-            self.request(image, audio)
+            request = self.request(image, audio)
+        check_crop(self.crop, request.width)
         return self
 
     def request(self, image_prompt: str, audio_prompt: str):

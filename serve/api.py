@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from imgsound_core.request import RequestError, SampleRequest
+from imgsound_core.request import RequestError, SampleRequest, check_crop
 from serve.config import Limits
 
 # The paper's defaults live in one place: the core request type.
@@ -59,6 +59,26 @@ class GenerateBody(BaseModel):
         default=True, description="return the outputs as base64; with an output store, false returns URIs only"
     )
 
+    @field_validator(
+        "steps",
+        "image_guidance",
+        "audio_guidance",
+        "image_start_step",
+        "audio_start_step",
+        "audio_weight",
+        "seed",
+        "num_samples",
+        "height",
+        "width",
+        mode="before",
+    )
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        # JSON's true/false are not numbers, though Python's bool is an int.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
     def to_requests(self, limits: Limits) -> list[SampleRequest]:
         """Validate against the core's rules and the server's limits; RequestError names the field."""
         if not 1 <= self.num_samples <= limits.max_samples_per_request:
@@ -76,7 +96,9 @@ class GenerateBody(BaseModel):
             if len(getattr(self, name)) > limits.max_prompt_chars:
                 raise RequestError(f"{name} is longer than {limits.max_prompt_chars} characters")
         fields = self.model_dump(exclude={"num_samples", "vocoder", "crop", "outputs", "inline"})
-        return SampleRequest(**fields).expand(self.num_samples)
+        requests = SampleRequest(**fields).expand(self.num_samples)
+        check_crop(self.crop, self.width)
+        return requests
 
 
 class SampleOut(BaseModel):

@@ -42,6 +42,13 @@ class Limits(BaseModel):
         default=64, ge=1, description="service-wide, over every Driver replica; beyond this, 503 + Retry-After"
     )
     retry_after_s: int = Field(default=5, ge=1)
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="larger request bodies are a 413, refused before they are read"
+    )
+    body_timeout_s: float = Field(default=10.0, gt=0, description="a body not received in full by then is a 408")
+    max_body_reads_per_client: int = Field(
+        default=8, ge=1, description="bodies one client address may be sending to one Driver replica at once (429)"
+    )
     admission_ticket_ttl_s: float = Field(
         default=3600.0, gt=0, description="a request's admission expires after this (its Driver replica died)"
     )

@@ -81,6 +81,15 @@ class Refused(Exception):
         self.decision = decision
 
 
+class BodyRejected(Exception):
+    """The request body was refused before it was parsed: too large (413), too slow (408), too many at once (429)."""
+
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
 class InternalError(Exception):
     """A deployment raised on this request (a bug, not an outage): 500."""
 
@@ -111,6 +120,7 @@ class Driver:
         self.gatekeeper = gatekeeper
         self.metrics = DriverMetrics()
         self.samples_in_flight = 0  # this replica's share, for the gauge; the limit is the Gatekeeper's
+        self.bodies_in_progress: dict[str, int] = {}  # client address → bodies it is still sending here
         self._model_info: dict[str, Any] | None = None
 
     # ---- remote calls -------------------------------------------------------------------------------------
@@ -263,6 +273,47 @@ class Driver:
             raise HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
         return label
 
+    async def _read_body(self, request: Request) -> bytes:
+        """The request body, bounded in size, in time and in how many one client may be sending at once.
+
+        A client that opens many connections and trickles their bodies would otherwise hold every one of this
+        replica's request slots; here it holds at most `max_body_reads_per_client`, each for at most
+        `body_timeout_s`, and a declared size over `max_body_bytes` is refused without reading a byte.
+        """
+        limits = self.args.limits
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit() or len(declared) > 15:
+                raise BodyRejected(400, "the Content-Length header is not a number of bytes")
+            if int(declared) > limits.max_body_bytes:
+                raise BodyRejected(413, f"the request body is larger than {limits.max_body_bytes} bytes")
+        client = request.client.host if request.client else "unknown"
+        if self.bodies_in_progress.get(client, 0) >= limits.max_body_reads_per_client:
+            raise BodyRejected(
+                429, "this client is already sending too many request bodies; retry later", limits.retry_after_s
+            )
+        self.bodies_in_progress[client] = self.bodies_in_progress.get(client, 0) + 1
+
+        async def receive() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise BodyRejected(413, f"the request body is larger than {limits.max_body_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(receive(), timeout=limits.body_timeout_s)
+        except TimeoutError:
+            raise BodyRejected(408, f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+        finally:
+            remaining = self.bodies_in_progress[client] - 1
+            if remaining:
+                self.bodies_in_progress[client] = remaining
+            else:
+                del self.bodies_in_progress[client]
+
     def _unavailable(self, message: str) -> JSONResponse:
         return JSONResponse(
             status_code=503, content={"detail": message}, headers={"Retry-After": str(self.args.limits.retry_after_s)}
@@ -274,7 +325,13 @@ class Driver:
         # The key is checked before the body is read: an unauthenticated client gets nothing parsed.
         key_label = self._authenticate(request)
         try:
-            body = GenerateBody.model_validate_json(await request.body())
+            body = GenerateBody.model_validate_json(await self._read_body(request))
+        except BodyRejected as error:
+            self.metrics.failures.inc(tags={"reason": f"body_{error.status}"})
+            headers = {"Connection": "close"}  # a client that misbehaved once gets no keep-alive
+            if error.retry_after_s is not None:
+                headers["Retry-After"] = str(error.retry_after_s)
+            return JSONResponse(status_code=error.status, content={"detail": str(error)}, headers=headers)
         except ValidationError as error:
             self.metrics.failures.inc(tags={"reason": "invalid"})
             return validation_problem([{**e, "loc": ("body", *e.get("loc", ()))} for e in error.errors()])

@@ -30,6 +30,7 @@ from jobs.gallery import collect_store_samples
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".webp": "image/webp", ".jpg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 THUMBNAIL_CACHE_SIZE = 4096
+MAX_RANGE_DIGITS = 18  # byte offsets up to 10^18: parse no number longer than that
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
@@ -87,7 +88,12 @@ class StoreGallery:
             with self._lock:
                 cached = self._thumbnails.get((key, role))
             if cached is None:
-                cached = make_thumbnail(self._read(sample, source)).data
+                try:
+                    cached = make_thumbnail(self._read(sample, source)).data
+                except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for corrupt pictures
+                    raise NotFound(
+                        f"{source} of sample {key} is not a readable picture ({type(error).__name__})"
+                    ) from None
                 with self._lock:
                     self._thumbnails[(key, role)] = cached
                     while len(self._thumbnails) > THUMBNAIL_CACHE_SIZE:
@@ -112,6 +118,8 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None:
         return None  # malformed or several ranges: the whole file, as RFC 9110 allows
     first, last = match.groups()
+    if len(first) > MAX_RANGE_DIGITS or len(last) > MAX_RANGE_DIGITS:
+        raise RangeNotSatisfiable(f"the range asks for bytes beyond any {size}-byte file")
     if first == "" and last == "":
         return None
     if first == "":  # a suffix: the last N bytes

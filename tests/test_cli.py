@@ -318,6 +318,11 @@ def test_generate_with_griffin_lim(tiny_models: Path, tmp_path: Path, capsys: py
             ("--image-model", "/nonexistent"), ("imgsound download", "--image-model"), id="missing-model-folder"
         ),
         pytest.param(("--device", "cuda"), ("cuda",), id="cuda-without-gpu"),
+        # before any model loads: the missing model folder is not what it complains about
+        pytest.param(
+            ("--crop", "--width", "32", "--image-model", "/nonexistent"), ("crop drops",), id="crop-too-narrow"
+        ),
+        pytest.param(("--image-prompt", "\ud800"), ("image_prompt", "lone surrogate"), id="lone-surrogate"),
     ],
 )
 def test_generate_rejects_bad_input(

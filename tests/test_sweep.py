@@ -157,6 +157,11 @@ def test_bad_specs_fail_before_any_work(tmp_path, tiny_models, s3, capsys):
         "unknown param": ({"params": {"stepz": 3}}, "stepz"),
         "bad param": ({"params": {"steps": 0}}, "steps"),
         "grid and pairs": ({"pairs": [{"image": "a", "audio": "b"}]}, "not both"),
+        "lone surrogate": ({"audio_prompts": ["bells", "\ud800"]}, "lone surrogate"),
+        "crop too narrow": (
+            {"crop": True, "params": {"steps": 2, "image_start_step": 1, "height": 64, "width": 32}},
+            "crop drops",
+        ),
     }
     for label, (overrides, message) in cases.items():
         spec = write_spec(tmp_path / f"{label}.yaml", tiny_models, **overrides)

@@ -54,7 +54,7 @@ def cmd_imprint(args: argparse.Namespace) -> None:
     from imgsound_core.identity import SampleContext, model_identity, sample_record
     from imgsound_core.imprint import ImprintRequest, ImprintSampler
     from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
-    from imgsound_core.request import RequestError
+    from imgsound_core.request import RequestError, check_crop
 
     try:
         request = ImprintRequest(
@@ -73,6 +73,7 @@ def cmd_imprint(args: argparse.Namespace) -> None:
             width=args.width,
         )
         requests = request.expand(args.num_samples)
+        check_crop(args.crop, request.width)
     except RequestError as error:
         raise CliError(str(error)) from None
     targets = sample_targets(args.out, len(requests), args.overwrite)
@@ -150,7 +151,7 @@ def cmd_sds(args: argparse.Namespace) -> None:
     from imgsound_core.identity import SampleContext, model_identity
     from imgsound_core.models.bundle import parse_device, parse_dtype
     from imgsound_core.models.deepfloyd import load_if_stage
-    from imgsound_core.request import RequestError
+    from imgsound_core.request import RequestError, check_crop
     from imgsound_core.sds import SDSRun, SDSSettings
 
     try:
@@ -178,6 +179,7 @@ def cmd_sds(args: argparse.Namespace) -> None:
             )
             for index in range(args.num_samples)
         ]
+        check_crop(args.crop, args.width)
     except RequestError as error:
         raise CliError(str(error)) from None
     if args.snapshot_every < 0:

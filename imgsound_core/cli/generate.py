@@ -81,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from imgsound_core.artifacts import render_artifacts, write_sample_dir
     from imgsound_core.identity import SampleContext, model_identity, sample_record
     from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
-    from imgsound_core.request import SampleRequest
+    from imgsound_core.request import SampleRequest, check_crop
     from imgsound_core.sampler import Sampler
     from imgsound_core.video import VideoError
 
@@ -101,6 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         width=args.width,
     )
     requests = request.expand(args.num_samples)
+    check_crop(args.crop, request.width)
     targets = sample_targets(args.out, len(requests), args.overwrite)
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype)
