@@ -4,8 +4,8 @@
     python -m jobs.curate results/tiny/manifest.parquet --out curated/tiny --rank-by rank-mean --include favs.json
 
 MANIFEST is a sweep's output folder (local, file:///… or s3://bucket/prefix) or its manifest.parquet; the artifacts
-are read where the manifest's *_uri columns say, or at samples/<sample_id>/ under MANIFEST's folder when the sweep
-was copied elsewhere.
+are read from the sweep's own samples/<sample_id>/ under MANIFEST's folder only (where the manifest's *_uri columns
+say, or by file name when the sweep was copied elsewhere), and must be the PNG / WAV files they claim to be.
 
 Selection, in this order: the candidates are the manifest's rows (only the `--include` ids, when given) that have
 every score the ranking and the filters need; `--min-clip` / `--min-clap` drop those below (a score equal to the
@@ -35,7 +35,6 @@ import math
 import shlex
 import statistics
 import sys
-import threading
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +46,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, SCHEMA, read_parquet_bytes
+from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, SAMPLE_ID_PATTERN, SCHEMA, read_parquet_bytes
 from jobs.store import PROBE_PREFIX, LocalStore, S3Store, Store, StoreError, open_store
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -413,55 +412,57 @@ def read_manifest(root: Store, key: str) -> pa.Table:
     return table
 
 
-class ArtifactLocator:
-    """Maps the manifest's artifact URIs to (store, key) pairs.
+# What each media column's file must start with: curation publishes bytes, so it checks what they are.
+FORMAT_SIGNATURES = {
+    "image_uri": ("a PNG", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n")),
+    "spectrogram_uri": ("a PNG", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n")),
+    "audio_uri": ("a WAV", lambda head: head[:4] == b"RIFF" and head[8:12] == b"WAVE"),
+}
 
-    A URI under the sweep's root is read through the root store. Any other URI — a sweep copied or downloaded
-    since, so that its URIs name the original place — is first looked for at the conventional key
-    samples/<sample_id>/<file name> under the root, then at the URI itself.
+
+class ArtifactLocator:
+    """Maps the manifest's artifact URIs to (store, key) pairs inside the sweep, checked to be what they claim.
+
+    Curation reads only the sweep's own artifacts, `samples/<sample_id>/…` under the manifest's folder: a manifest
+    is data, and a row naming `file:///home/me/.ssh/id_rsa` must not publish that file as an "image". A URI under
+    the root is read through the root store if it lies in its sample's folder; any other URI — a sweep copied or
+    downloaded since, whose URIs name the original place — is looked for at samples/<sample_id>/<file name> under
+    the root, and nowhere else. Every file's first bytes must be the format its column claims (PNG, WAV).
     """
 
     def __init__(self, root: Store, endpoint_url: str | None = None) -> None:
         self.root = _connect(root)
         self.endpoint_url = endpoint_url
         self._root_prefix = root.uri_for("x")[:-1]  # "s3://bucket/prefix/" or "file:///abs/dir/"
-        self._stores: dict[str, Store] = {}
-        self._lock = threading.Lock()
-
-    def _store(self, folder_uri: str) -> Store:
-        with self._lock:
-            if folder_uri not in self._stores:
-                self._stores[folder_uri] = _connect(open_store(folder_uri, endpoint_url=self.endpoint_url))
-            return self._stores[folder_uri]
 
     def locate(self, uri: str | None, sample_id: str, column: str) -> tuple[Store, str]:
-        """Where the file is, checked to exist; CurateError when it is nowhere to be found."""
+        """Where the file is, checked to exist and to be its format; CurateError otherwise."""
         if not uri:
             raise CurateError(f"Sample {sample_id} has no {column} in the manifest.")
+        if not isinstance(sample_id, str) or not SAMPLE_ID_PATTERN.fullmatch(sample_id):
+            raise CurateError(f"The manifest names a sample {str(sample_id)[:40]!r} that is not a sample id.")
         decode = unquote if uri.startswith("file:") else str  # file URIs percent-encode their paths
+        folder = f"samples/{sample_id}/"
         if uri.startswith(self._root_prefix):
             key = decode(uri[len(self._root_prefix) :])
-            with contextlib.suppress(ValueError):  # not a valid key: no such object either
-                if self.root.exists(key):
-                    return self.root, key
-            raise CurateError(f"The {column} of sample {sample_id} is missing: there is no {uri}.")
-        folder, _, name = uri.rpartition("/")
-        conventional = f"samples/{sample_id}/{decode(name)}"
-        with contextlib.suppress(ValueError):
-            if self.root.exists(conventional):
-                return self.root, conventional
-        try:
-            store = self._store(folder)
-            found = store.exists(decode(name))
-        except ValueError:
-            found = False  # a URI that names no valid store or key names no file
+        else:
+            key = folder + decode(uri.rpartition("/")[2])
+        if not key.startswith(folder) or "/" in key[len(folder) :] or key.endswith("/"):
+            raise CurateError(
+                f"The {column} of sample {sample_id} ({uri}) is not in the sweep's {self._root_prefix}{folder}: "
+                "curation reads only the sweep's own artifacts."
+            )
+        found = False
+        with contextlib.suppress(ValueError):  # not a valid key: no such object either
+            found = self.root.exists(key)
         # A StoreError (access denied, no connection) propagates: its sentence says more than "missing".
         if not found:
-            raise CurateError(
-                f"The {column} of sample {sample_id} is missing: neither {uri} nor "
-                f"{self.root.uri_for(conventional)} exists."
-            )
-        return store, decode(name)
+            where = uri if uri.startswith(self._root_prefix) else f"{self.root.uri_for(key)} (the manifest says {uri})"
+            raise CurateError(f"The {column} of sample {sample_id} is missing: there is no {where}.")
+        what, looks_right = FORMAT_SIGNATURES[column]
+        if not looks_right(self.root.get_head(key, 12)):
+            raise CurateError(f"The {column} of sample {sample_id}, {self.root.uri_for(key)}, is not {what}.")
+        return self.root, key
 
 
 def locate_artifacts(rows: list[dict[str, Any]], locator: ArtifactLocator) -> list[dict[str, tuple[Store, str]]]:

@@ -33,7 +33,7 @@ from imgsound_core.gallery import (
     unique_keys,
     write_gallery,
 )
-from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, consolidate, read_parquet_bytes
+from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, SAMPLE_ID_PATTERN, consolidate, read_parquet_bytes
 from jobs.store import Store, StoreError, open_store
 
 EXIT_BAD_INPUT = 2
@@ -87,6 +87,11 @@ def collect_store_samples(store: Store, manifest_key: str | None = None, workers
     if rows is not None:
         if not rows:
             raise GalleryError(f"the manifest of {store.uri} has no rows: the sweep has not finished a sample yet")
+        for row in rows:  # a sample id becomes a store prefix: it must name a folder under samples/, nothing else
+            if not SAMPLE_ID_PATTERN.fullmatch(str(row["sample_id"])):
+                raise GalleryError(
+                    f"the manifest of {store.uri} names a sample {str(row['sample_id'])[:40]!r} that is not a sample id"
+                )
         keys = unique_keys(str(row["sample_id"]) for row in rows)
         return [
             GallerySample(record_from_manifest_row(row, key), StoreFiles(store, f"samples/{row['sample_id']}"))

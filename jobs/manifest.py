@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST_PREFIX = "manifest/"
+# What a sample id may look like wherever it becomes part of a store key (`samples/<sample_id>/…`): the core's ids
+# are 16 hex digits; anything that could climb out of a folder (`../`) is refused.
+SAMPLE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MANIFEST_FILE = "manifest.parquet"
 
 SCHEMA = pa.schema(

@@ -110,6 +110,10 @@ class Store(ABC):
     def exists(self, key: str) -> bool:
         """Whether an object is stored at `key`."""
 
+    def get_head(self, key: str, size: int) -> bytes:
+        """The first `size` bytes at `key` (all of it when shorter): enough to tell a file's format."""
+        return self.get_bytes(key)[:size]
+
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Every key starting with `prefix` (a plain string prefix, as in S3), recursive and sorted."""
@@ -216,6 +220,16 @@ class LocalStore(Store):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def get_head(self, key: str, size: int) -> bytes:
+        path = self._path(key)
+        try:
+            with path.open("rb") as file:
+                return file.read(size)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(f"no object at {self.uri_for(key)}") from None
+        except OSError as err:
+            raise self._error("read", key, err) from None
 
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)
@@ -442,6 +456,22 @@ class S3Store(Store):
             except ClientError as err:
                 if _error_code(err) in _MISSING_KEY_CODES:
                     raise FileNotFoundError(f"no object at {uri}") from None
+                raise
+            with response["Body"] as body:
+                return body.read()
+
+    def get_head(self, key: str, size: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        uri = self.uri_for(key)
+        with self._translated("read", uri):
+            try:
+                response = self._client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{size - 1}")
+            except ClientError as err:
+                if _error_code(err) in _MISSING_KEY_CODES:
+                    raise FileNotFoundError(f"no object at {uri}") from None
+                if _error_code(err) == "InvalidRange":  # an empty object
+                    return b""
                 raise
             with response["Body"] as body:
                 return body.read()

@@ -25,13 +25,15 @@ from jobs.spec import GridPoint, SpecError, SweepModels, SweepSpec, expand, load
 from jobs.store import Store, StoreError, open_store
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+# Settings (never credentials) that workers need to write where this process was told to. Ray shows an actor's
+# runtime_env to anyone who can read the cluster's state (`ray list actors --detail`, the dashboard, its logs), so
+# credentials must reach workers the way the platform provides them: the environment of `ray start` (a Kubernetes
+# Secret the pods import, as k8s/ does), an instance or pod role (IRSA), or a credentials file on every node named by
+# AWS_SHARED_CREDENTIALS_FILE / AWS_PROFILE, which are forwarded here as names only.
 FORWARDED_ENV = frozenset(
     {
         "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_S3",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
         "AWS_PROFILE",
         "AWS_DEFAULT_REGION",
         "AWS_REGION",
@@ -45,6 +47,8 @@ FORWARDED_ENV = frozenset(
         "IMGSOUND_MODELS_DIR",
     }
 )
+# Never forwarded, whatever a future edit of the list above says.
+SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
 
 
 class SweepFailed(RuntimeError):
@@ -118,10 +122,15 @@ def worker_options(use_gpu: bool) -> dict[str, Any]:
     """`ray.remote` options of a worker actor: one GPU (or CPU), restarted once, this process's storage settings.
 
     A restarted actor retries its batch: batches are idempotent (same ids → same files, same part). Workers see
-    the storage settings this process was started with (endpoint, credentials, timeouts), so a sweep started with
-    `AWS_PROFILE=…`/`AWS_ENDPOINT_URL=…` writes where it was told to on every node.
+    the storage settings this process was started with (endpoint, region, profile name, timeouts), so a sweep
+    started with `AWS_PROFILE=…`/`AWS_ENDPOINT_URL=…` writes where it was told to on every node; credentials never
+    travel this way (see FORWARDED_ENV).
     """
-    env_vars = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")}
+    env_vars = {
+        k: v
+        for k, v in os.environ.items()
+        if (k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")) and k not in SECRET_ENV
+    }
     return {
         "num_gpus": 1 if use_gpu else 0,
         "num_cpus": 1,

@@ -204,13 +204,14 @@ def test_rayjob_has_the_fields_kuberay_requires() -> None:
 
 
 def test_cluster_is_deleted_after_the_job() -> None:
-    """shutdownAfterJobFinishes is true (required for a TTL), the TTL is a non-negative integer, the submitter is a
-    Kubernetes Job, and activeDeadlineSeconds / backoffLimit are integers that KubeRay's spec validation accepts."""
+    """shutdownAfterJobFinishes is true (required for a TTL), the TTL is a non-negative integer, the operator itself
+    submits the job (HTTPMode: no submitter pod needs the dashboard port), and activeDeadlineSeconds / backoffLimit
+    are integers that KubeRay's spec validation accepts."""
     spec = rayjob()["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     ttl = spec["ttlSecondsAfterFinished"]
     assert isinstance(ttl, int) and ttl >= 0
-    assert spec["submissionMode"] == "K8sJobMode"
+    assert spec["submissionMode"] == "HTTPMode"
     assert spec["submissionMode"] in RAY_SUBMISSION_MODES
     deadline = spec["activeDeadlineSeconds"]
     assert isinstance(deadline, int) and deadline > 0
@@ -273,7 +274,7 @@ def test_gpu_workers_mount_the_models_claim_read_only() -> None:
 
 def test_s3_secret_reaches_the_driver_and_the_gpu_workers() -> None:
     """The imgsound-s3 Secret is imported as environment variables (envFrom) by the GPU workers, which write the
-    samples, and by the head, where the K8sJobMode driver reads and writes the output's manifest."""
+    samples, and by the head, where the job's driver reads and writes the output's manifest."""
     assert S3_SECRET in secret_refs(ray_container(gpu_worker_group()["template"]))
     assert S3_SECRET in secret_refs(ray_container(head_template()))
 

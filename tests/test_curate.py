@@ -373,22 +373,69 @@ def test_the_audio_rate_is_the_cores():
     assert curate.hf_features(curate.DATASET_SCHEMA)["audio"] == {"sampling_rate": SAMPLE_RATE_HZ, "_type": "Audio"}
 
 
-@pytest.mark.parametrize("layout", ["copied", "elsewhere"])
-def test_artifacts_are_found_after_the_sweep_moved(tmp_path, artifacts, capsys, layout):
-    """A copied sweep keeps URIs naming the original place: the copy's samples/<id>/ is used; a manifest whose
-    artifacts live in another folder reads them where the URIs say."""
+def test_artifacts_are_found_after_the_sweep_was_copied(tmp_path, artifacts, capsys):
+    """A copied sweep keeps URIs naming the original place: the copy's samples/<id>/ is used."""
     original = tmp_path / "original"
-    if layout == "copied":
-        write_sweep(LocalStore(original), artifacts)
-        shutil.copytree(original, tmp_path / "sweep")
-        shutil.rmtree(original)
-    else:
-        write_sweep(LocalStore(original), artifacts, manifest_store=LocalStore(tmp_path / "sweep"))
+    write_sweep(LocalStore(original), artifacts)
+    shutil.copytree(original, tmp_path / "sweep")
+    shutil.rmtree(original)
     code, _, err = run(capsys, tmp_path / "sweep" / MANIFEST_FILE, "--out", tmp_path / "out", "--top-k-per-pair", "1")
     assert code == 0, err
     table = pq.read_table(tmp_path / "out" / "data")
     assert table.column("sample_id").to_pylist() == ids([(0, 4), (1, 0), (2, 1)])
     assert table.column("audio").to_pylist()[0]["bytes"] == artifacts[sample_id(0, 4)]["audio.wav"]
+
+
+def hostile_sweep(tmp_path: Path, artifacts, change) -> Path:
+    """A sweep whose manifest's first row is edited by `change(row, root)`."""
+    root = tmp_path / "sweep"
+    table = write_sweep(LocalStore(root), artifacts)
+    rows = table.to_pylist()
+    change(rows[0], root)
+    LocalStore(root).put_bytes(MANIFEST_FILE, parquet_bytes(table_from_rows(rows)))
+    return root
+
+
+@pytest.mark.parametrize(
+    "name, change, words",
+    [
+        (
+            "a file outside the sweep",
+            lambda row, root: row.update(image_uri=(root.parent / "id_rsa").as_uri()),
+            "is missing",
+        ),
+        (
+            "a file of the sweep outside the sample's folder",
+            lambda row, root: row.update(image_uri=(root / "manifest.parquet").as_uri()),
+            "curation reads only the sweep's own artifacts",
+        ),
+        (
+            "a climb out of the sample's folder",
+            lambda row, root: row.update(image_uri=(root / "samples" / row["sample_id"]).as_uri() + "/../../x.png"),
+            "curation reads only the sweep's own artifacts",
+        ),
+        ("a sample id that climbs", lambda row, root: row.update(sample_id="../../x"), "not a sample id"),
+        (
+            "a file that is not what it claims",
+            lambda row, root: (root / "samples" / row["sample_id"] / "audio.wav").write_bytes(b"#!/bin/sh\nrm -rf /\n"),
+            "is not a WAV",
+        ),
+        (
+            "a picture that is not a PNG",
+            lambda row, root: (root / "samples" / row["sample_id"] / "image.png").write_text("ssh-rsa AAAA secret"),
+            "is not a PNG",
+        ),
+    ],
+)
+def test_a_manifest_cannot_make_curation_publish_other_files(tmp_path, artifacts, capsys, name, change, words):
+    """Curation reads only the sweep's own samples/<id>/ files, and only files that are what their column says:
+    any other row is one sentence, exit 2, and nothing written. (A secret lying next to the sweep stays there.)"""
+    (tmp_path / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret")
+    root = hostile_sweep(tmp_path, artifacts, change)
+    code, _, err = run(capsys, root, "--out", tmp_path / "out")
+    assert code == 2, (name, err)
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
 
 
 # --- S3 ------------------------------------------------------------------------------------------------------

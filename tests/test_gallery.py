@@ -417,6 +417,14 @@ def test_bad_sources(tmp_path: Path) -> None:
     (sweep / "manifest.parquet").write_bytes(parquet_bytes(SCHEMA.empty_table()))
     assert "has no rows" in build_error(sweep / "manifest.parquet", tmp_path / "out", sweep=True)
 
+    # A sample id becomes part of a path: one that climbs out of samples/ is refused, not followed.
+    from jobs.manifest import COLUMNS, table_from_rows
+
+    row = {column: None for column in COLUMNS}
+    row.update(sample_id="../../x", pair_index=0, sample_index=0, image_prompt="a", audio_prompt="b", seed=0)
+    (sweep / "manifest.parquet").write_bytes(parquet_bytes(table_from_rows([row])))
+    assert "is not a sample id" in build_error(sweep / "manifest.parquet", tmp_path / "out", sweep=True)
+
 
 def test_bad_targets(generate_source: Path, tmp_path: Path) -> None:
     """Never into a folder that holds other things, nor over a file; an earlier gallery needs --overwrite."""

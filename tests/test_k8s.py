@@ -28,6 +28,7 @@ EXPECTED_FILES = {
     "download-models-job.yaml",
     "podmonitor.yaml",
     "prometheus-scrape.yaml",
+    "networkpolicy.yaml",
 }
 UNETS = ("ImageUNet", "AudioUNet")
 GPU_DEPLOYMENTS = ("ImageUNet", "AudioUNet", "Vocoder")
@@ -587,3 +588,107 @@ def test_download_job_writes_the_claim_the_workers_read() -> None:
         if "persistentVolumeClaim" in volume
     }
     assert claim["claimName"] in worker_claims
+
+
+# ---- security -----------------------------------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PRIVATE|ACCESS_KEY|API_KEY|CREDENTIAL)", re.IGNORECASE)
+
+
+def ray_cluster_specs() -> dict[str, Doc]:
+    """The Ray cluster of the RayService and of every RayJob."""
+    specs = {"RayService": cluster_spec()}
+    for docs in manifests().values():
+        for doc in docs:
+            if doc.get("kind") == "RayJob":
+                specs[f"RayJob {doc['metadata']['name']}"] = doc["spec"]["rayClusterSpec"]
+    return specs
+
+
+def pod_templates(spec: Doc) -> list[tuple[str, Doc]]:
+    templates = [("head", spec["headGroupSpec"]["template"])]
+    templates += [(group["groupName"], group["template"]) for group in spec.get("workerGroupSpecs", [])]
+    return templates
+
+
+def test_every_ray_cluster_has_token_authentication_on() -> None:
+    """The dashboard listens on the pod's address (KubeRay's operator needs it) only with Ray's token
+    authentication on: KubeRay's authOptions, whose token comes from a Secret it creates, never a literal."""
+    for name, spec in ray_cluster_specs().items():
+        host = spec["headGroupSpec"].get("rayStartParams", {}).get("dashboard-host", "localhost")
+        if host not in ("127.0.0.1", "localhost"):
+            assert spec.get("authOptions", {}).get("mode") == "token", f"{name}: dashboard on {host} without auth"
+
+
+def test_no_secret_is_written_into_a_manifest() -> None:
+    """No container env var and no Ray runtime_env variable with a secret-like name has a literal value: secrets
+    come from Secrets (valueFrom / envFrom), and RayJob runtime envs carry none at all (Ray shows them to anyone
+    who can read the cluster's state)."""
+    for file, docs in manifests().items():
+        for doc in docs:
+            for container in _containers(doc):
+                for item in container.get("env", []):
+                    if SECRET_NAME.search(item["name"]):
+                        assert "value" not in item and "valueFrom" in item, (file, item["name"])
+            if doc.get("kind") == "RayJob":
+                runtime_env = yaml.safe_load(doc["spec"].get("runtimeEnvYAML", "") or "{}") or {}
+                names = list(runtime_env.get("env_vars", {}))
+                assert not [n for n in names if SECRET_NAME.search(n)], (file, names)
+
+
+def _containers(value: Any) -> list[Doc]:
+    """Every container spec anywhere under `value` (pod templates nest at different depths per kind)."""
+    found: list[Doc] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("containers", "initContainers") and isinstance(item, list):
+                found += [c for c in item if isinstance(c, dict)]
+            else:
+                found += _containers(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _containers(item)
+    return found
+
+
+def network_policy() -> Doc:
+    return only("NetworkPolicy")
+
+
+def _peer_name(peer: Doc) -> str:
+    labels = peer.get("podSelector", {}).get("matchLabels", {})
+    if labels.get("ray.io/is-ray-node") == "yes" and "namespaceSelector" not in peer:
+        return "ray pods"
+    return labels.get("app.kubernetes.io/name", "?")
+
+
+def admitted(port: int) -> set[str]:
+    """Who the NetworkPolicy admits to `port` of the Ray pods (rules without ports admit every port)."""
+    peers: set[str] = set()
+    for rule in network_policy()["spec"]["ingress"]:
+        ports = {item["port"] for item in rule.get("ports", [])}
+        assert rule.get("from"), "a rule without `from` would admit everyone"
+        if not ports or port in ports:
+            peers |= {_peer_name(peer) for peer in rule["from"]}
+    return peers
+
+
+def test_the_network_policy_selects_every_ray_pod() -> None:
+    policy = network_policy()
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["spec"]["policyTypes"] == ["Ingress"]
+    selector = policy["spec"]["podSelector"]
+    for name, spec in ray_cluster_specs().items():
+        for role, template in pod_templates(spec):
+            labels = {**template.get("metadata", {}).get("labels", {}), "ray.io/is-ray-node": "yes"}
+            assert selector_matches(selector, {k: str(v) for k, v in labels.items()}), (name, role)
+
+
+def test_the_dashboard_admits_only_the_operator_and_serve_only_the_ingress() -> None:
+    """Outside the Ray pods themselves: 8265 (dashboard, Jobs API) only from the KubeRay operator, 8000 (Serve) from
+    the ingress controller (and Prometheus, for /metrics), Ray's metrics port from Prometheus; nothing else."""
+    assert admitted(8265) == {"ray pods", "kuberay-operator"}
+    assert admitted(8000) == {"ray pods", "ingress-nginx", "prometheus"}
+    assert admitted(8080) == {"ray pods", "prometheus"}
+    assert admitted(6379) == {"ray pods"} and admitted(10001) == {"ray pods"}
+    intra = [rule for rule in network_policy()["spec"]["ingress"] if "ports" not in rule]
+    assert all("namespaceSelector" not in peer for rule in intra for peer in rule["from"]), "all ports, any pod?"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,13 +40,24 @@ def s3():
     server.stop()
 
 
+# Fake credentials that must appear nowhere a cluster's user can read: the S3 server on loopback accepts any.
+SECRET_ACCESS_KEY = "fake-secret-" + secrets.token_hex(12)
+ACCESS_KEY_ID = "AKIAFAKE" + secrets.token_hex(6).upper()
+
+
+def s3_credentials(s3: MotoServer) -> dict[str, str]:
+    return {**s3.env(), "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY}
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """`ray start --head` with the dashboard (the Jobs API) on loopback, as the README shows."""
-    env = cluster_env()
+def ray_cluster(s3):
+    """`ray start --head` with the dashboard (the Jobs API) on loopback, as the README shows. The storage
+    credentials are in the environment of `ray start`, the way a platform provides them (a Kubernetes Secret the pods
+    import, an instance role): workers inherit them from their node, never through a runtime_env."""
+    env = {**cluster_env(), **s3_credentials(s3)}
     dashboard_port = free_port()
     start_ray_head(env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port))
-    yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+    yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env, "session": ray_session_dir(env)}
     stop_ray(env)
 
 
@@ -71,9 +83,13 @@ def bucket(s3: MotoServer, name: str):
     return client
 
 
+def ray_session_dir(env: dict[str, str]) -> Path:
+    """The running cluster's session folder (its logs), as Ray records it."""
+    return Path("/tmp/ray/session_latest").resolve()
+
+
 def sweep_env(s3: MotoServer, ray_cluster, **extra) -> dict[str, str]:
-    env = {**ray_cluster["env"], **s3.env(), "RAY_ADDRESS": "auto", "IMGSOUND_WORKER_THREADS": "1", **extra}
-    return env
+    return {**ray_cluster["env"], **s3_credentials(s3), "RAY_ADDRESS": "auto", "IMGSOUND_WORKER_THREADS": "1", **extra}
 
 
 def write_slow_spec(path: Path, models: Path) -> Path:
@@ -316,3 +332,41 @@ def test_reduced_table1_scores_every_method_and_prints_every_row(tmp_path, tiny_
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in output.rglob("part-*.parquet")} == parts
     assert "Ours (multimodal denoising)" in again.stdout
+
+
+def test_storage_credentials_appear_nowhere_a_cluster_user_can_read(tmp_path, tiny_models, s3, ray_cluster):
+    """A sweep to S3 with credentials in its environment: the secret is in none of the Ray state API (CLI and
+    dashboard), the session's logs, the manifest or the sample files; the access key id is not either."""
+    import urllib.request
+
+    from serve.local import AUTH_TOKEN, BIN
+
+    client = bucket(s3, "secrets")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_models, samples_per_pair=1)
+    env = sweep_env(s3, ray_cluster)
+    done = run_sweep(spec, "s3://secrets/run", env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    places: dict[str, bytes] = {}
+    for what in (["list", "actors", "--detail"], ["list", "jobs", "--detail"], ["list", "workers", "--detail"]):
+        listed = subprocess.run([str(BIN / "ray"), *what], env=env, capture_output=True, timeout=120)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        places[" ".join(what)] = listed.stdout
+    assert b"SweepWorker" in places["list actors --detail"]  # the listing does show the workers' details
+    for route in ("/api/v0/actors?detail=1", "/api/v0/tasks?detail=1", "/api/jobs/", "/api/v0/logs?node_id="):
+        request = urllib.request.Request(
+            ray_cluster["dashboard"] + route, headers={"Authorization": f"Bearer {AUTH_TOKEN}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                places[route] = response.read()
+        except urllib.error.HTTPError as error:
+            places[route] = error.read()
+    for path in ray_cluster["session"].rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            places[str(path)] = path.read_bytes()
+    for key in object_keys(client, "secrets", "run/"):
+        places[f"s3://secrets/{key}"] = client.get_object(Bucket="secrets", Key=key)["Body"].read()
+    assert any(k.endswith("sample.json") for k in places) and any(k.endswith("manifest.parquet") for k in places)
+    leaks = [where for where, data in places.items() if SECRET_ACCESS_KEY.encode() in data]
+    assert not leaks, leaks
+    assert not [where for where, data in places.items() if ACCESS_KEY_ID.encode() in data]

@@ -100,3 +100,19 @@ def test_a_manifest_written_under_the_earlier_ids_resumes_with_nothing_to_do(tmp
     assert set(read_parquet_bytes(store.get_bytes(MANIFEST_FILE)).column("sample_id").to_pylist()) == set(
         legacy.values()
     )
+
+
+def test_worker_options_forward_storage_settings_but_never_credentials(monkeypatch):
+    from jobs.sweep import worker_options
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_PROFILE", "sweeps")
+    monkeypatch.setenv("IMGSOUND_S3_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-value")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-value")
+    forwarded = worker_options(use_gpu=False)["runtime_env"]["env_vars"]
+    assert forwarded["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and forwarded["AWS_PROFILE"] == "sweeps"
+    assert forwarded["IMGSOUND_S3_MAX_ATTEMPTS"] == "3"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(forwarded)
+    assert "secret-value" not in str(forwarded) and "session-value" not in str(forwarded)
