@@ -55,12 +55,23 @@ class Limits(BaseModel):
 
 
 class Resilience(BaseModel):
-    """How the driver treats a UNet/vocoder call that fails (e.g. its replica died and is being replaced)."""
+    """How the driver treats a remote call that fails or takes too long.
+
+    Time-outs grow with the work: a call's limit is the per-unit time × the work it carries, one unit being one
+    256×1024 sample (a request of 4 samples at 256×2048 is 8 units). Only calls whose replica died are retried (a
+    step is a pure function of its inputs, and Serve replaces dead replicas); a call that timed out on a live
+    replica is not sent again — its work is cancelled there, and the request is answered with a 503.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    call_timeout_s: float = Field(default=120.0, gt=0, description="one remote call, queueing included")
-    max_retries: int = Field(default=3, ge=0, description="a step is a pure function of its inputs: safe to retry")
+    call_timeout_s: float = Field(
+        default=120.0, gt=0, description="one UNet step call per unit of work, queueing for a batch included"
+    )
+    decode_timeout_s: float = Field(
+        default=120.0, gt=0, description="decoding + vocoding, and rendering files, per unit of work"
+    )
+    max_retries: int = Field(default=3, ge=0, description="retries of a call whose replica died")
     retry_backoff_s: float = Field(default=1.0, ge=0)
 
 

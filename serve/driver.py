@@ -22,7 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from imgsound_core import __version__
@@ -65,6 +66,19 @@ def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     return validation_problem(list(error.errors()))
+
+
+UNIT_PIXELS = 256 * 1024  # one unit of work: a sample of the paper's size
+
+
+def request_work(request) -> float:
+    """A sample's work in units (its pixels over a 256×1024 sample's)."""
+    return request.height * request.width / UNIT_PIXELS
+
+
+def latent_work(latent_hw: tuple[int, int]) -> float:
+    """The work of one latent row of `(h, w)` (the VAE's 8× downsampling)."""
+    return latent_hw[0] * latent_hw[1] * 64 / UNIT_PIXELS
 
 
 class ServiceUnavailable(Exception):
@@ -124,13 +138,19 @@ class Driver:
         self._model_info: dict[str, Any] | None = None
 
     # ---- remote calls -------------------------------------------------------------------------------------
-    async def _call(self, deployment: str, method, *payload):
-        """Call a deployment method with a timeout; retry on replica failure; ServiceUnavailable at the end."""
+    async def _call(self, deployment: str, method, *payload, work: float = 1.0, timeout_s: float | None = None):
+        """Call a deployment method; a limit of `timeout_s` (default: `resilience.call_timeout_s`) per unit of
+        `work`; a retry only when the replica died; ServiceUnavailable in the end.
+
+        A call that timed out is cancelled (the replica drops the work: see the Vocoder and the Renderer) and not
+        sent again: its replica is alive but busy, and a second copy would only add to what it is behind on.
+        """
         resilience = self.args.resilience
+        limit = (timeout_s or resilience.call_timeout_s) * max(1.0, work)
         for attempt in range(resilience.max_retries + 1):
             response = method.remote(*payload)
             try:
-                return await asyncio.wait_for(response, timeout=resilience.call_timeout_s)
+                return await asyncio.wait_for(response, timeout=limit)
             except RayTaskError as error:
                 cause = getattr(error, "cause", None)
                 if isinstance(cause, PASSTHROUGH):
@@ -138,16 +158,28 @@ class Driver:
                 # The deployment's own code raised: retrying the same inputs would raise again.
                 logger.error("%s raised: %s", deployment, error)
                 raise InternalError(f"the {deployment} deployment failed on this request") from None
-            except (RayError, TimeoutError) as error:
+            except TimeoutError:
+                response.cancel()
+                logger.warning("%s call timed out after %.1f s; not retried", deployment, limit)
+                raise ServiceUnavailable(
+                    f"the {deployment} deployment did not answer within {limit:.0f} s; try again shortly"
+                ) from None
+            except (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError) as error:
                 response.cancel()
                 logger.warning("%s call failed (attempt %d): %r", deployment, attempt + 1, error)
                 if attempt == resilience.max_retries:
-                    reason = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
                     raise ServiceUnavailable(
-                        f"the {deployment} deployment failed ({reason}) {attempt + 1} times; try again shortly"
+                        f"the {deployment} deployment failed ({type(error).__name__}) {attempt + 1} times; "
+                        "try again shortly"
                     ) from None
                 self.metrics.retries.inc(tags={"target": deployment})
                 await asyncio.sleep(resilience.retry_backoff_s * (attempt + 1))
+            except RayError as error:
+                response.cancel()
+                logger.warning("%s call failed: %r", deployment, error)
+                raise ServiceUnavailable(
+                    f"the {deployment} deployment failed ({type(error).__name__}); try again shortly"
+                ) from None
         raise AssertionError("unreachable")
 
     async def model_info(self) -> dict[str, Any]:
@@ -179,7 +211,8 @@ class Driver:
     async def _unet(self, model: str, handle: DeploymentHandle, inputs: ModelInputs) -> torch.Tensor | None:
         if len(inputs) == 0:
             return None
-        return await self._call(f"{model.capitalize()}UNet", handle.predict, inputs)
+        work = len(inputs) * latent_work(tuple(inputs.latents.shape[-2:]))
+        return await self._call(f"{model.capitalize()}UNet", handle.predict, inputs, work=work)
 
     # ---- the DDIM loop of one request -----------------------------------------------------------------------
     async def _denoise(self, requests, info) -> torch.Tensor:
@@ -220,9 +253,11 @@ class Driver:
             t0 = time.perf_counter()
             latents = await self._denoise(requests, info)
             t1 = time.perf_counter()
+            work = sum(request_work(request) for request in requests)
+            decode_s = self.args.resilience.decode_timeout_s
             images, (spectrograms, waveforms) = await asyncio.gather(
-                self._call("ImageUNet", self.image_unet.decode, latents),
-                self._call("Vocoder", self.vocoder.decode, latents, body.vocoder),
+                self._call("ImageUNet", self.image_unet.decode, latents, work=work, timeout_s=decode_s),
+                self._call("Vocoder", self.vocoder.decode, latents, body.vocoder, work=work, timeout_s=decode_s),
             )
             t2 = time.perf_counter()
             timings = {"denoise": t1 - t0, "decode": t2 - t1}
@@ -240,6 +275,8 @@ class Driver:
                 body.crop,
                 list(body.outputs),
                 body.inline,
+                work=work * (2 if "video" in body.outputs else 1),
+                timeout_s=decode_s,
             )
             if isinstance(rendered, StoreError):
                 raise rendered

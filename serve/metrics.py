@@ -108,6 +108,35 @@ class UNetMetrics:
         self.batch_requests.observe(requests, tags=self.tags)
 
 
+class WorkAbandoned(Exception):
+    """Raised in a stage's worker thread when its caller has gone; nobody awaits it."""
+
+
+class StageMetrics:
+    """Samples a CPU/GPU stage after the UNets (decode + vocode, render) finished, and samples it dropped because
+    their caller had gone (the call timed out or the client left): work nobody would receive."""
+
+    def __init__(self, stage: str) -> None:
+        from ray.serve import metrics
+
+        self.tags = {"stage": stage}
+        self.done = metrics.Counter(
+            "imgsound_stage_samples_total", "Samples a stage finished, by stage", tag_keys=("stage",)
+        )
+        self.abandoned = metrics.Counter(
+            "imgsound_abandoned_samples_total",
+            "Samples a stage dropped because their caller had gone, by stage",
+            tag_keys=("stage",),
+        )
+
+    def finished(self, samples: int) -> None:
+        self.done.inc(samples, tags=self.tags)
+
+    def dropped(self, samples: int) -> None:
+        if samples:
+            self.abandoned.inc(samples, tags=self.tags)
+
+
 # --- the service view ------------------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from imgsound_core.artifacts import render_artifacts
 from jobs.store import Store, StoreError, open_store
 from serve.api import OUTPUT_FILES
 from serve.gallery import NotFound, StoreGallery
+from serve.metrics import StageMetrics, WorkAbandoned
 
 
 def open_output_store(uri: str | None) -> Store | None:
@@ -47,9 +49,11 @@ class RendererDeployment:
             torch.set_num_threads(torch_threads)
         self.store = open_output_store(output_store)
         self.gallery = StoreGallery(self.store) if self.store is not None else None
+        self.metrics = StageMetrics("render")
 
     def _render_one(
         self,
+        stop: threading.Event,
         image: torch.Tensor,
         spectrogram: torch.Tensor,
         waveform: torch.Tensor,
@@ -58,6 +62,9 @@ class RendererDeployment:
         outputs: list[str],
         inline: bool,
     ) -> RenderedSample:
+        if stop.is_set():  # the caller has gone: nobody would receive these files
+            self.metrics.dropped(1)
+            raise WorkAbandoned
         artifacts = render_artifacts(image, spectrogram, waveform, record, crop=crop, video="video" in outputs)
         wanted = {OUTPUT_FILES[name]: name for name in outputs}
         rendered = RenderedSample()
@@ -70,6 +77,7 @@ class RendererDeployment:
                     rendered.uris[wanted[file]] = uri
         if inline or self.store is None:
             rendered.base64 = {name: base64.b64encode(artifacts[file]).decode("ascii") for file, name in wanted.items()}
+        self.metrics.finished(1)
         return rendered
 
     async def render(
@@ -83,18 +91,23 @@ class RendererDeployment:
         inline: bool,
     ) -> list[RenderedSample] | StoreError:
         """The files of a request's samples (`(B, 3, H, W)` pictures, `(B, H, W)` spectrograms, `(B, W·160)`
-        waveforms, one record each). A store failure is returned, not raised: the Driver answers it with a 503."""
+        waveforms, one record each). A store failure is returned, not raised: the Driver answers it with a 503. A
+        cancelled call (its caller timed out or left) renders no sample that has not started."""
+        stop = threading.Event()
         try:
             return await asyncio.gather(
                 *(
                     asyncio.to_thread(
-                        self._render_one, images[i], spectrograms[i], waveforms[i], record, crop, outputs, inline
+                        self._render_one, stop, images[i], spectrograms[i], waveforms[i], record, crop, outputs, inline
                     )
                     for i, record in enumerate(records)
                 )
             )
         except StoreError as error:
             return error
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     # ---- the output store's gallery ------------------------------------------------------------------------
     def _gallery(self) -> StoreGallery:

@@ -7,6 +7,7 @@ waveform travel back to the driver.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import torch
@@ -17,8 +18,11 @@ from imgsound_core.decode import decode_latents, spectrogram_from_decoded
 from imgsound_core.identity import model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from serve.config import ModelPlacement
+from serve.metrics import StageMetrics, WorkAbandoned
 
 VOCODERS = ("hifigan", "griffinlim")
+# Samples decoded and vocoded together: batched enough for the GPU, small enough to stop soon after a cancel.
+DECODE_CHUNK = 4
 
 
 @serve.deployment(max_ongoing_requests=16)
@@ -38,16 +42,35 @@ class VocoderDeployment:
             "hifigan": HiFiGANVocoder.from_bundle(self.bundle),
             "griffinlim": GriffinLimVocoder(),
         }
+        self.metrics = StageMetrics("vocode")
 
-    def _decode(self, latents: torch.Tensor, vocoder: str) -> tuple[torch.Tensor, torch.Tensor]:
-        spectrograms = spectrogram_from_decoded(decode_latents(self.bundle.vae, latents))  # (B, H, W)
-        return spectrograms, spectrogram_to_waveform(spectrograms, self.vocoders[vocoder])  # (B, W·160)
+    def _decode(self, latents: torch.Tensor, vocoder: str, stop: threading.Event) -> tuple[torch.Tensor, torch.Tensor]:
+        spectrograms, waveforms = [], []
+        for start in range(0, len(latents), DECODE_CHUNK):
+            if stop.is_set():  # the caller has gone: nobody would receive the rest
+                self.metrics.dropped(len(latents) - start)
+                raise WorkAbandoned
+            chunk = latents[start : start + DECODE_CHUNK]
+            spectrogram = spectrogram_from_decoded(decode_latents(self.bundle.vae, chunk))  # (b, H, W)
+            waveforms.append(spectrogram_to_waveform(spectrogram, self.vocoders[vocoder]))  # (b, W·160)
+            spectrograms.append(spectrogram)
+            self.metrics.finished(len(chunk))
+        return torch.cat(spectrograms), torch.cat(waveforms)
 
     async def decode(self, latents: torch.Tensor, vocoder: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(B, C, h, w)` final latents → (`(B, H, W)` spectrograms in [0, 1], `(B, W·160)` waveforms)."""
+        """`(B, C, h, w)` final latents → (`(B, H, W)` spectrograms in [0, 1], `(B, W·160)` waveforms).
+
+        Works in chunks of `DECODE_CHUNK` samples and stops between chunks once the call is cancelled (the caller
+        timed out or went away): a thread cannot be interrupted, but it need not start work nobody will receive.
+        """
         if vocoder not in self.vocoders:
             raise ValueError(f"unknown vocoder {vocoder!r}")
-        return await asyncio.to_thread(self._decode, latents, vocoder)
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._decode, latents, vocoder, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     def model_info(self) -> dict[str, Any]:
         return {"identity": model_identity(self.bundle).__dict__}

@@ -1,0 +1,68 @@
+"""A saturated deployment on a real local Ray: a call that times out is not retried, its replica drops the rest of
+the work, and the service answers the next request promptly."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from serve.local import http, start
+
+pytestmark = pytest.mark.slow
+
+# Griffin-Lim at 256×512 takes seconds per sample on two cores; a decode limit of 0.25 s per 256×1024 sample makes
+# an 8-sample Griffin-Lim request (4 units) time out in its Vocoder call after 1 s, long before its work would finish;
+# the Vocoder works in chunks of 4 samples, so the second chunk is never started.
+RESILIENCE = {"decode_timeout_s": 0.25, "max_retries": 3}
+HEAVY = dict(
+    image_prompt="a",
+    audio_prompt="b",
+    steps=1,
+    image_start_step=0,
+    height=256,
+    width=512,
+    num_samples=8,
+    vocoder="griffinlim",
+    outputs=["record"],
+)
+TINY = dict(image_prompt="a", audio_prompt="b", steps=1, image_start_step=0, height=64, width=64, outputs=["record"])
+
+
+@pytest.fixture(scope="module")
+def service(tiny_models, tmp_path_factory):
+    cluster = start(tiny_models, tmp_path_factory.mktemp("serve-overload"), overrides={"resilience": RESILIENCE})
+    yield cluster
+    cluster.stop()
+
+
+def total(service, name: str, **labels: str) -> float:
+    status, _, text = http("GET", f"{service.url}/metrics")
+    assert status == 200
+    value = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
+            value += float(match.group(2))
+    return value
+
+
+def test_a_timed_out_call_is_not_retried_and_its_work_is_dropped(service):
+    retries_before = total(service, "imgsound_remote_call_retries_total")
+    started = time.monotonic()
+    status, headers, body = http("POST", f"{service.url}/v1/generate", HEAVY)
+    waited = time.monotonic() - started
+    assert status == 503 and "Vocoder" in body["detail"] and "did not answer within 1 s" in body["detail"], body
+    assert int(headers["retry-after"]) >= 1
+    assert waited < 60, waited  # one attempt of about a second, not four attempts of the whole work
+    # The Vocoder replica stops between chunks once the call is cancelled: the chunk after the first (4 samples)
+    # is dropped, never vocoded, and the next small request is served.
+    deadline = time.monotonic() + 120
+    while total(service, "imgsound_abandoned_samples_total", stage="vocode") < 4 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert total(service, "imgsound_abandoned_samples_total", stage="vocode") == 4
+    status, _, _ = http("POST", f"{service.url}/v1/generate", TINY)
+    assert status == 200
+    assert total(service, "imgsound_remote_call_retries_total") == retries_before
+    assert total(service, "imgsound_request_failures_total", reason="unavailable") >= 1
