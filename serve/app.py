@@ -4,7 +4,8 @@
               ├─► Gatekeeper              admission: samples in flight service-wide, per-key rate limits
               ├─► ImageUNet / AudioUNet   @serve.batch over rows of every request in flight, at any step
               ├─► Vocoder                 the audio VAE decode + HiFi-GAN / Griffin-Lim
-              └─► Renderer                PNG / WAV / NPY / MP4 bytes and output-store writes (CPU)
+              ├─► Renderer                PNG / WAV / NPY / MP4 bytes and output-store writes (CPU)
+          └─► Gallery                 the output store's gallery: listing, thumbnails, media (CPU)
 
 Only `.bind()` here. Text encoders live with their UNets (prompts travel as strings; embeddings are cached per
 replica); the image VAE lives with the image UNet and the audio VAE with the vocoder (same model, same device).
@@ -19,6 +20,7 @@ from ray.serve import Application
 
 from serve.config import API_KEYS_FILE_ENV, AppArgs
 from serve.driver import Driver
+from serve.gallery import GalleryDeployment
 from serve.gatekeeper import GatekeeperDeployment
 from serve.modality import UNetDeployment
 from serve.renderer import RendererDeployment
@@ -43,6 +45,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     renderer = RendererDeployment.options(name="Renderer").bind(settings.output_store, settings.renderer.torch_threads)
     # One replica by design: it is the service-wide count (see serve/gatekeeper.py).
     gatekeeper = GatekeeperDeployment.options(name="Gatekeeper", num_replicas=1).bind(settings.model_dump())
+    gallery = GalleryDeployment.options(name="Gallery").bind(settings.output_store)
     return Driver.options(name="Driver").bind(
-        image_unet, audio_unet, vocoder, renderer, gatekeeper, settings.model_dump()
+        image_unet, audio_unet, vocoder, renderer, gatekeeper, gallery, settings.model_dump()
     )

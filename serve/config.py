@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 
-DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Renderer", "Gatekeeper", "Driver")
+DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Renderer", "Gallery", "Gatekeeper", "Driver")
 API_KEYS_FILE_ENV = "IMGSOUND_API_KEYS_FILE"
 
 

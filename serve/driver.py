@@ -122,6 +122,7 @@ class Driver:
         vocoder: DeploymentHandle,
         renderer: DeploymentHandle,
         gatekeeper: DeploymentHandle,
+        gallery: DeploymentHandle,
         args: dict[str, Any],
     ) -> None:
         self.args = AppArgs.model_validate(args)
@@ -132,6 +133,7 @@ class Driver:
         self.vocoder = vocoder
         self.renderer = renderer
         self.gatekeeper = gatekeeper
+        self.gallery = gallery
         self.metrics = DriverMetrics()
         self.samples_in_flight = 0  # this replica's share, for the gauge; the limit is the Gatekeeper's
         self.bodies_in_progress: dict[str, int] = {}  # client address → bodies it is still sending here
@@ -432,7 +434,7 @@ class Driver:
         text = await asyncio.to_thread(collect)
         return Response(content=text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    # ---- the gallery of the output store (the Renderer reads it) ------------------------------------------
+    # ---- the gallery of the output store (its own deployment reads it) ------------------------------------
     @api.get("/gallery", include_in_schema=False)
     async def gallery_root(self, request: Request) -> Response:
         self._authenticate(request)
@@ -440,7 +442,7 @@ class Driver:
 
     async def _gallery_call(self, method, *payload):
         try:
-            return await self._call("Renderer", method, *payload)
+            return await self._call("Gallery", method, *payload)
         except NotFound as error:
             raise HTTPException(status_code=404, detail=str(error)) from None
         except StoreError as error:
@@ -453,13 +455,16 @@ class Driver:
     @api.get("/gallery/data/samples.js", include_in_schema=False)
     async def gallery_data(self, request: Request) -> Response:
         self._authenticate(request)
-        script = await self._gallery_call(self.renderer.gallery_data)
-        return Response(content=script, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+        script, etag = await self._gallery_call(self.gallery.data)
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(content=script, media_type="text/javascript", headers=headers)
 
     @api.get("/gallery/media/{key}/{role}", include_in_schema=False)
     async def gallery_media(self, key: str, role: str, request: Request) -> Response:
         self._authenticate(request)
-        content, media_type = await self._gallery_call(self.renderer.gallery_media, key, role)
+        content, media_type = await self._gallery_call(self.gallery.media, key, role)
         try:
             span = byte_range(request.headers.get("range"), len(content))
         except RangeNotSatisfiable as error:
@@ -474,7 +479,7 @@ class Driver:
     @api.get("/gallery/{asset}", include_in_schema=False)
     async def gallery_asset(self, asset: str, request: Request) -> Response:
         self._authenticate(request)
-        if not await self._call("Renderer", self.renderer.has_store):
+        if not await self._call("Gallery", self.gallery.enabled):
             raise HTTPException(status_code=404, detail="this server has no output store, so there is no gallery")
         from imgsound_core.gallery import STATIC_ASSETS, static_asset
 

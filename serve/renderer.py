@@ -1,8 +1,7 @@
 """The Renderer deployment: a sample's files (PNG / WAV / NPY / MP4 / sample.json) and their store writes.
 
 Encoding (and ffmpeg for a video, 2–3 s of CPU a sample) and uploads run here, on CPU replicas of their own, so
-the ingress never blocks on them and rendering scales by adding replicas. It also reads the output store for the
-service's gallery, so the Driver holds no store at all.
+the ingress never blocks on them and rendering scales by adding replicas.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from ray import serve
 from imgsound_core.artifacts import render_artifacts
 from jobs.store import Store, StoreError, open_store
 from serve.api import OUTPUT_FILES
-from serve.gallery import NotFound, StoreGallery
 from serve.metrics import StageMetrics, WorkAbandoned
 
 
@@ -48,7 +46,6 @@ class RendererDeployment:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.store = open_output_store(output_store)
-        self.gallery = StoreGallery(self.store) if self.store is not None else None
         self.metrics = StageMetrics("render")
 
     def _render_one(
@@ -108,18 +105,3 @@ class RendererDeployment:
         except asyncio.CancelledError:
             stop.set()
             raise
-
-    # ---- the output store's gallery ------------------------------------------------------------------------
-    def _gallery(self) -> StoreGallery:
-        if self.gallery is None:
-            raise NotFound("this server has no output store, so there is no gallery")
-        return self.gallery
-
-    async def gallery_data(self) -> str:
-        return await asyncio.to_thread(self._gallery().data)
-
-    async def gallery_media(self, key: str, role: str) -> tuple[bytes, str]:
-        return await asyncio.to_thread(self._gallery().media, key, role)
-
-    def has_store(self) -> bool:
-        return self.store is not None

@@ -64,10 +64,10 @@ def test_the_store_gallery_lists_serves_and_refreshes(tmp_path):
 
     store = open_output_store(str(tmp_path / "served"))
     gallery = StoreGallery(store, refresh_s=0.0)
-    assert '"samples":[]' in gallery.data()  # an empty store: a page with no cards
+    assert '"samples":[]' in gallery.data()[0]  # an empty store: a page with no cards
     write_served_sample(store, "aaaa", 1)
     write_served_sample(store, "bbbb", 2)
-    data = json.loads(gallery.data().removeprefix("window.IMGSOUND_GALLERY = ").rstrip().rstrip(";"))
+    data = json.loads(gallery.data()[0].removeprefix("window.IMGSOUND_GALLERY = ").rstrip().rstrip(";"))
     assert sorted(s["id"] for s in data["samples"]) == ["aaaa", "bbbb"]
     sample = next(s for s in data["samples"] if s["id"] == "aaaa")
     assert sample["media"]["audio"] == "media/aaaa/audio"  # relative to the page: any route prefix works
@@ -102,3 +102,59 @@ def test_unsatisfiable_byte_ranges():
     for header in ("bytes=100-", "bytes=50-40", "bytes=-0"):
         with pytest.raises(RangeNotSatisfiable):
             byte_range(header, 100)
+
+
+class CountingStore:
+    """A store that counts its reads, to see what a refresh reads."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.reads: list[str] = []
+
+    def get_bytes(self, key: str) -> bytes:
+        self.reads.append(key)
+        return self.store.get_bytes(key)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def gallery_ids(gallery) -> list[str]:
+    import json
+
+    script, _ = gallery.data()
+    return sorted(
+        s["id"] for s in json.loads(script.removeprefix("window.IMGSOUND_GALLERY = ").rstrip(" ;\n"))["samples"]
+    )
+
+
+def test_the_store_gallery_reads_only_new_records_and_rebuilds_only_on_change(tmp_path):
+    from serve.gallery import StoreGallery
+
+    store = CountingStore(open_output_store(str(tmp_path / "served")))
+    for index in range(5):
+        write_served_sample(store.store, f"s{index}", index)
+    gallery = StoreGallery(store, refresh_s=0.0)
+    first, etag = gallery.data()
+    assert sorted(key for key in store.reads) == [f"s{i}/sample.json" for i in range(5)]
+    store.reads.clear()
+    again, same_etag = gallery.data()
+    assert store.reads == [] and again is first and same_etag == etag  # nothing new: no read, no rebuild
+    write_served_sample(store.store, "s5", 5)
+    _, new_etag = gallery.data()
+    assert store.reads == ["s5/sample.json"] and new_etag != etag  # only the new record is read
+    store.store.delete("s0/sample.json")
+    assert "s0" not in gallery_ids(gallery)
+
+
+def test_a_corrupt_record_is_skipped_and_counted_not_the_end_of_the_gallery(tmp_path):
+    from serve.gallery import StoreGallery
+
+    store = open_output_store(str(tmp_path / "served"))
+    for index in range(64):
+        write_served_sample(store, f"s{index:02d}", index)
+    store.put_bytes("s07/sample.json", b"{ not json")
+    store.put_bytes("s08/sample.json", b"[1, 2, 3]")
+    gallery = StoreGallery(store, refresh_s=0.0)
+    assert len(gallery_ids(gallery)) == 62
+    assert sorted(gallery.bad_records) == ["s07", "s08"] and "not valid JSON" in gallery.bad_records["s07"]
