@@ -42,17 +42,32 @@ def spectrogram_windows(spectrogram: torch.Tensor) -> np.ndarray:
     return pixels[..., None].repeat(1, 1, 1, 3).numpy()
 
 
-def resolve_scorer(source: str) -> str:
-    """A scorer's folder or hub id → what `from_pretrained` should read: a hub id that `imgsound download --scorers`
-    wrote under `IMGSOUND_MODELS_DIR` becomes that folder (so specs keep hub ids on an offline cluster)."""
+def resolve_scorer(source: str, what: str = "scorer", flag: str = "--clip-model/--clap-model") -> str:
+    """A scorer's folder or hub id → the local folder `from_pretrained` should read, never the network.
+
+    A folder is itself; a hub id is the folder `imgsound download --scorers` wrote under `IMGSOUND_MODELS_DIR`, else
+    its snapshot in the local Hugging Face cache. Anything else is a `ModelNotAvailableError` saying how to get it,
+    at once (the models' own rule: nothing is downloaded behind the user's back).
+    """
     from pathlib import Path
 
-    from imgsound_core.models.bundle import find_downloaded
+    from imgsound_core.models.bundle import ModelNotAvailableError, find_downloaded
 
     if Path(source).expanduser().is_dir():
         return source
     downloaded = find_downloaded(source)
-    return str(downloaded[0]) if downloaded is not None else source
+    if downloaded is not None:
+        return str(downloaded[0])
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(source, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means the same thing: not on this machine
+        raise ModelNotAvailableError(
+            f"The {what} '{source}' is not on this machine (no such folder, not in the local Hugging Face cache, "
+            f"not under IMGSOUND_MODELS_DIR); get it with `imgsound download DIR --scorers` and set "
+            f"IMGSOUND_MODELS_DIR=DIR, or pass {flag} FOLDER (`imgsound tiny-models` writes tiny ones)."
+        ) from None
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -68,7 +83,7 @@ class ClipScorer:
     def __init__(self, source: str = CLIP_MODEL_ID, device: str | torch.device = "cpu", batch_size: int = 64) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        path = resolve_scorer(source)
+        path = resolve_scorer(source, "CLIP scorer", "--clip-model")
         self.processor = CLIPProcessor.from_pretrained(path)
         self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.device = torch.device(device)
@@ -110,7 +125,7 @@ class ClapScorer:
     def __init__(self, source: str = CLAP_MODEL_ID, device: str | torch.device = "cpu") -> None:
         from transformers import ClapModel, ClapProcessor
 
-        path = resolve_scorer(source)
+        path = resolve_scorer(source, "CLAP scorer", "--clap-model")
         self.processor = ClapProcessor.from_pretrained(path)
         self.model = ClapModel.from_pretrained(path).to(device).eval()
         self.device = torch.device(device)

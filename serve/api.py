@@ -42,7 +42,9 @@ class GenerateBody(BaseModel):
     steps: int = DEFAULTS["steps"]
     image_guidance: float = DEFAULTS["image_guidance"]
     audio_guidance: float = DEFAULTS["audio_guidance"]
-    image_start_step: int = DEFAULTS["image_start_step"]
+    image_start_step: int | None = Field(
+        default=None, description="default: 10 % of the steps, rounded (10 at 100 steps); 0 if audio_start_step > 0"
+    )
     audio_start_step: int = DEFAULTS["audio_start_step"]
     audio_weight: float = DEFAULTS["audio_weight"]
     seed: int = DEFAULTS["seed"]

@@ -58,3 +58,15 @@ def test_expand_gives_consecutive_seeds():
     assert [r.seed for r in make(seed=1234).expand(3)] == [1234, 1235, 1236]
     with pytest.raises(RequestError):
         make().expand(0)
+
+
+def test_the_warm_start_is_ten_percent_of_the_steps_unless_given():
+    def start(**fields) -> int:
+        return SampleRequest(image_prompt="a", audio_prompt="b", **fields).image_start_step
+
+    assert start() == 10  # the paper's step 10 of 100, and the ids of 100-step requests are unchanged
+    assert [start(steps=s) for s in (20, 5, 1, 15, 25, 200)] == [2, 0, 0, 2, 2, 20]
+    assert start(steps=20, image_start_step=7) == 7  # an explicit step index is kept
+    assert start(steps=20, audio_start_step=20) == 0  # "Stable Diffusion alone": the image model starts at once
+    explicit = SampleRequest(image_prompt="a", audio_prompt="b", steps=20, image_start_step=2)
+    assert SampleRequest(image_prompt="a", audio_prompt="b", steps=20) == explicit

@@ -208,3 +208,30 @@ def test_scorer_download_refuses_to_run_offline(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set"):
         download_scorer("openai/clip-vit-base-patch16", tmp_path / "clip")
     assert not (tmp_path / "clip").exists()
+
+
+def test_score_never_goes_to_the_network_for_a_missing_scorer(tiny_models, tmp_path):
+    """With the hub reachable in principle (HF_HUB_OFFLINE unset, the endpoint a closed loopback port) and no cached
+    or downloaded scorer, `imgsound score` stops at once with one sentence: no download, no retries."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from imgsound_core.cli import main
+
+    out = tmp_path / "out"
+    flags = ["--image-model", str(tiny_models / "image"), "--audio-model", str(tiny_models / "audio")]
+    flags += ["--image-prompt", "a", "--audio-prompt", "b", "--steps", "1", "--image-start-step", "0"]
+    assert main(["generate", *flags, "--height", "64", "--width", "64", "--out", str(out)]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "IMGSOUND_MODELS_DIR")}
+    env.update(HF_HUB_CACHE=str(tmp_path / "empty-cache"), HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "imgsound_core.cli", "score", str(out)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgsound: error: The CLIP scorer 'openai/clip-vit-base-patch16'")
+    assert "imgsound download DIR --scorers" in lines[0] and "Retrying" not in done.stderr
+    assert time.monotonic() - started < 60  # no retry loop behind it (the old one spent about 4 minutes)

@@ -19,10 +19,18 @@ def add_score_parser(sub: Subparsers) -> None:
         description="Scores every sample folder under DIR (those holding sample.json): CLIP on "
         "spectrogram.png against the image prompt, CLAP on audio.wav against the audio prompt.",
     )
-    score.add_argument("dir", type=Path)
-    score.add_argument("--clip-model", default=os.environ.get("IMGSOUND_CLIP_MODEL", CLIP_MODEL_ID))
-    score.add_argument("--clap-model", default=os.environ.get("IMGSOUND_CLAP_MODEL", CLAP_MODEL_ID))
-    score.add_argument("--device", default="cpu")
+    score.add_argument("dir", type=Path, help="a folder of sample folders (an `imgsound generate` --out)")
+    score.add_argument(
+        "--clip-model",
+        default=os.environ.get("IMGSOUND_CLIP_MODEL", CLIP_MODEL_ID),
+        help="CLIP folder or hub id, read from this machine only (env IMGSOUND_CLIP_MODEL) [%(default)s]",
+    )
+    score.add_argument(
+        "--clap-model",
+        default=os.environ.get("IMGSOUND_CLAP_MODEL", CLAP_MODEL_ID),
+        help="CLAP folder or hub id, read from this machine only (env IMGSOUND_CLAP_MODEL) [%(default)s]",
+    )
+    score.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … [%(default)s]")
 
 
 def cmd_score(args: argparse.Namespace) -> None:

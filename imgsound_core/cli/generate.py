@@ -45,8 +45,9 @@ def add_generate_parser(sub: Subparsers) -> None:
     gen.add_argument(
         "--image-start-step",
         type=int,
-        default=defaults.image_start_step,
-        help="first step at which the image model contributes (warm start) [%(default)s]",
+        default=None,
+        help="first step at which the image model contributes (warm start) [10%% of --steps, rounded: 10 at 100 "
+        "steps, 2 at 20; 0 when --audio-start-step is set]",
     )
     gen.add_argument(
         "--audio-start-step",
