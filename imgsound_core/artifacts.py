@@ -25,6 +25,7 @@ from PIL import Image
 from imgsound_core import provenance
 from imgsound_core.audio.mel import HOP_LENGTH, SAMPLE_RATE_HZ
 from imgsound_core.audio.vocoder import crop_waveform
+from imgsound_core.modes import umask_mode
 from imgsound_core.request import CROP_COLUMNS
 
 ARTIFACT_NAMES = ("image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sample.json")
@@ -144,6 +145,7 @@ def write_sample_dir(target: str | os.PathLike, artifacts: Mapping[str, bytes], 
     try:
         for name, data in artifacts.items():
             (staging / name).write_bytes(data)
+        staging.chmod(umask_mode(directory=True))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

@@ -49,6 +49,8 @@ from typing import Any, Protocol
 
 from PIL import Image, UnidentifiedImageError, features
 
+from imgsound_core.modes import umask_mode
+
 DEFAULT_PAGE_SIZE = 50
 DATA_SCRIPT = "data/samples.js"
 STATIC_ASSETS = ("index.html", "gallery.js", "gallery.css")
@@ -513,7 +515,7 @@ def write_gallery(
 
 def _swap_into_place(staging: Path, out: Path) -> None:
     """Rename `staging` to `out`; an existing `out` (an earlier gallery, or empty) is moved aside, then removed."""
-    os.chmod(staging, 0o755)  # mkdtemp makes it 0o700; the site should be readable like any folder
+    os.chmod(staging, umask_mode(directory=True))  # mkdtemp makes it 0o700; the site is a folder like any other
     if not out.exists():
         os.replace(staging, out)
         return

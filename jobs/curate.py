@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, SAMPLE_ID_PATTERN, SCHEMA, read_parquet_bytes
-from jobs.store import PROBE_PREFIX, LocalStore, S3Store, Store, StoreError, open_store
+from jobs.store import S3Store, Store, StoreError, open_store
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 PROG = "python -m jobs.curate"
@@ -767,13 +767,6 @@ def print_summary(pairs: pa.Table, out_uri: str, selection: Selection, shards: i
     )
 
 
-def _remove_probe_folder(store: Store) -> None:
-    # check_writable removes its probe file but a local store keeps the emptied folder; it does not belong here.
-    if isinstance(store, LocalStore):
-        with contextlib.suppress(OSError):
-            (store.root / PROBE_PREFIX.rstrip("/")).rmdir()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -806,7 +799,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = selection.rows.to_pylist()
         located = locate_artifacts(rows, ArtifactLocator(root, args.endpoint_url))
         out.check_writable()
-        _remove_probe_folder(out)
     except (CurateError, StoreError) as error:
         print(f"curate: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

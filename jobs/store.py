@@ -11,6 +11,7 @@ empty, `.` or `..` segments. A missing key read raises `FileNotFoundError` on bo
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import os
 import re
@@ -156,6 +157,10 @@ class Store(ABC):
                 pass
             raise
         self.delete(key)
+        self._remove_probe_folder()
+
+    def _remove_probe_folder(self) -> None:  # noqa: B027 - a hook: most backends have nothing to do
+        """Backends with real folders remove the emptied `_probe/` (object stores have none to remove)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
@@ -178,6 +183,11 @@ class LocalStore(Store):
 
     def uri_for(self, key: str) -> str:
         return self._path(key).as_uri()
+
+    def _remove_probe_folder(self) -> None:
+        # Only if empty: another process may be probing the same store right now.
+        with contextlib.suppress(OSError):
+            (self.root / PROBE_PREFIX.rstrip("/")).rmdir()
 
     def _error(self, action: str, key: str, err: OSError) -> StoreError:
         reason = err.strerror or type(err).__name__

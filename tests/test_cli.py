@@ -773,3 +773,68 @@ def test_select_files_auffusion() -> None:
             "vocoder/vocoder.pt",
         ]
     )
+
+
+# --- output locations, overwrite, modes ------------------------------------------------------------------------------
+
+ONE_STEP = ("--steps", "1", "--image-start-step", "0", "--height", "64", "--width", "64", "--vocoder", "griffinlim")
+
+
+def test_an_unwritable_out_is_refused_before_any_model_loads(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    # the models do not exist: the complaint must be about --out, which is checked first
+    args = generate_args(tmp_path / "no-models", tmp_path / "a-file" / "out", *ONE_STEP)
+    assert_user_error(run_main(capsys, *args), "--out", "is a file, not a folder")
+    args = generate_args(tmp_path / "no-models", tmp_path / "a-file", *ONE_STEP)
+    assert_user_error(run_main(capsys, *args), "--out", "is not a folder")
+
+
+def test_overwrite_replaces_the_whole_result_set(tiny_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_main(capsys, *generate_args(tiny_models, out, *ONE_STEP, "--num-samples", "3")).code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sample_000", "sample_001", "sample_002"]
+    (out / "notes.txt").write_text("mine")  # not a sample folder: kept
+    outcome = run_main(capsys, *generate_args(tiny_models, out, *ONE_STEP, "--seed", "9", "--overwrite"))
+    assert outcome.code == 0, outcome.err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "sample_000"]
+    assert json.loads((out / "sample_000" / "sample.json").read_text())["seed"] == 9
+
+
+def test_files_and_folders_get_the_umask_modes(tiny_models, tmp_path, capsys):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        assert run_main(capsys, *generate_args(tiny_models, out, *ONE_STEP)).code == 0
+        assert run_main(capsys, "cycle-check", out).code == 0  # rewrites sample.json
+        folder = out / "sample_000"
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
+        wav = tmp_path / "again.wav"
+        assert run_main(capsys, "image-to-audio", folder / "spectrogram.png", wav).code == 0
+        assert stat.S_IMODE(wav.stat().st_mode) == 0o644
+        os.umask(0o077)
+        assert run_main(capsys, "audio-to-spectrogram", folder / "audio.wav", tmp_path / "private.png").code == 0
+        assert stat.S_IMODE((tmp_path / "private.png").stat().st_mode) == 0o600  # the umask decides, both ways
+    finally:
+        os.umask(previous)
+
+
+def test_spectrogram_commands_refuse_to_overwrite_without_the_flag(tiny_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_main(capsys, *generate_args(tiny_models, out, *ONE_STEP)).code == 0
+    wav, png = tmp_path / "replay.wav", tmp_path / "replay.png"
+    wav.write_bytes(b"precious")
+    png.write_bytes(b"precious")
+    assert_user_error(
+        run_main(capsys, "image-to-audio", out / "sample_000" / "spectrogram.png", wav), "already exists", "--overwrite"
+    )
+    assert_user_error(
+        run_main(capsys, "audio-to-spectrogram", out / "sample_000" / "audio.wav", png), "already exists", "--overwrite"
+    )
+    assert wav.read_bytes() == b"precious" and png.read_bytes() == b"precious"
+    assert run_main(capsys, "image-to-audio", out / "sample_000" / "spectrogram.png", wav, "--overwrite").code == 0
+    assert run_main(capsys, "audio-to-spectrogram", out / "sample_000" / "audio.wav", png, "--overwrite").code == 0
+    assert wav.read_bytes()[:4] == b"RIFF" and png.read_bytes()[:4] == b"\x89PNG"

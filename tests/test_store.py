@@ -129,6 +129,8 @@ def test_keys_that_escape_or_alias_are_refused(store: Store, key: str):
 def test_check_writable_leaves_no_probe(store: Store):
     store.check_writable()
     assert store.list(PROBE_PREFIX) == []
+    if isinstance(store, LocalStore):  # not even the emptied folder (an object store has no folders)
+        assert not (store.root / PROBE_PREFIX.rstrip("/")).exists()
 
 
 def test_store_pickles_and_works_after(store: Store):

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgsound_core.modes import umask_mode
+
 __all__ = [
     "AUFFUSION_HIFIGAN_CONFIG",
     "CHECKPOINT_FILENAME",
@@ -415,7 +417,7 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(handle)
     tmp_path = Path(tmp_name)
     # mkstemp creates the file private (0600); give the result the usual permissions of a data file.
-    tmp_path.chmod(0o644)
+    tmp_path.chmod(umask_mode())
     try:
         write(tmp_path)
         os.replace(tmp_path, path)

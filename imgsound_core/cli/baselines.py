@@ -19,6 +19,7 @@ from imgsound_core.cli.common import (
     load_audio_bundle,
     load_vocoder,
     positive_int,
+    remove_stale_samples,
     sample_folder,
     sample_targets,
 )
@@ -101,6 +102,8 @@ def cmd_imprint(args: argparse.Namespace) -> None:
             )
             write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
+    if args.overwrite:
+        remove_stale_samples(args.out, len(requests))
 
 
 # --- sds ------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -119,10 +120,55 @@ def sample_folder(out: Path, index: int) -> Path:
     return out / f"sample_{index:03d}"
 
 
+def check_writable_location(path: Path, flag: str, folder: bool = True) -> None:
+    """Refuses, before any work, an output location that cannot be written: an existing thing of the wrong kind, a
+    path under a file, or a folder this user may not write into (checked on the nearest folder that exists)."""
+    if path.exists():
+        if folder and not path.is_dir():
+            raise CliError(f"{flag} {path} exists and is not a folder")
+        if not folder and path.is_dir():
+            raise CliError(f"{flag} {path} is a folder; give a file name")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"{flag} {path} cannot be written: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path} cannot be written: {parent} is not writable by this user")
+
+
 def check_out_folder(out: Path) -> None:
-    """Refuses an --out that exists and is not a folder."""
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a folder")
+    """Refuses an --out that exists and is not a folder, or that cannot be created or written."""
+    check_writable_location(out, "--out")
+
+
+def check_output_file(path: Path, overwrite: bool, flag: str = "the output") -> None:
+    """Refuses an output file that exists (without --overwrite) or cannot be written; before any work."""
+    check_writable_location(path, flag, folder=False)
+    if path.exists() and not overwrite:
+        raise CliError(f"{path} already exists; choose another name or pass --overwrite")
+
+
+def remove_stale_samples(out: Path, count: int) -> None:
+    """After an --overwrite run of `count` samples: remove the earlier run's sample folders beyond them."""
+    import shutil
+
+    for folder in stale_sample_folders(out, count):
+        shutil.rmtree(folder)
+        print(f"removed {folder} (from an earlier run)", file=sys.stderr)
+
+
+def stale_sample_folders(out: Path, count: int) -> list[Path]:
+    """Sample folders of an earlier run into OUT beyond the `count` this run writes (what --overwrite removes, so
+    that OUT holds one run's samples, not a mix)."""
+    if not out.is_dir():
+        return []
+    found = []
+    for path in out.iterdir():
+        index = path.name.removeprefix("sample_")
+        if path.is_dir() and path.name.startswith("sample_") and index.isdigit() and int(index) >= count:
+            found.append(path)
+    return sorted(found)
 
 
 def sample_targets(out: Path, count: int, overwrite: bool) -> list[Path]:
@@ -180,10 +226,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    from imgsound_core.modes import umask_mode
+
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        os.chmod(temp, umask_mode())  # mkstemp makes it 0600; the file gets the mode any new file would
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from imgsound_core.cli.common import (
     load_audio_bundle,
     load_vocoder,
     positive_int,
+    remove_stale_samples,
     sample_targets,
 )
 
@@ -134,3 +135,5 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 raise CliError(f"the video of sample {index} failed: {error}") from None
             write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
+    if args.overwrite:
+        remove_stale_samples(args.out, len(requests))

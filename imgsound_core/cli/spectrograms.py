@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from imgsound_core.cli.common import CliError, Subparsers, atomic_write_bytes, load_vocoder
+from imgsound_core.cli.common import CliError, Subparsers, atomic_write_bytes, check_output_file, load_vocoder
 
 
 def add_image_to_audio_parser(sub: Subparsers) -> None:
@@ -31,7 +31,8 @@ def add_image_to_audio_parser(sub: Subparsers) -> None:
     )
     i2a.add_argument("--invert", action="store_true", help="dark = loud instead of bright = loud")
     i2a.add_argument("--audio-model", default=None, help="Auffusion-layout folder or hub id (for --vocoder hifigan)")
-    i2a.add_argument("--device", default="cpu")
+    i2a.add_argument("--device", default="cpu", help="torch device for --vocoder hifigan [%(default)s]")
+    i2a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def _read_picture(path: Path):
@@ -81,6 +82,7 @@ def cmd_image_to_audio(args: argparse.Namespace) -> None:
 
     if args.out.suffix.lower() != ".wav":
         raise CliError(f"{args.out} must end in .wav")
+    check_output_file(args.out, args.overwrite, "OUT")
     gray = _read_picture(args.image)
     settings = _stored_mel_settings(args.image)
     if args.seconds is not None:
@@ -116,6 +118,7 @@ def add_audio_to_spectrogram_parser(sub: Subparsers) -> None:
     a2s.add_argument("wav", type=Path)
     a2s.add_argument("out", type=Path, help="output .png")
     a2s.add_argument("--npy", type=Path, default=None, help="also write the float32 [0,1] spectrogram as .npy")
+    a2s.add_argument("--overwrite", action="store_true", help="replace OUT (and --npy) if they exist")
 
 
 def cmd_audio_to_spectrogram(args: argparse.Namespace) -> None:
@@ -128,6 +131,9 @@ def cmd_audio_to_spectrogram(args: argparse.Namespace) -> None:
 
     if not args.wav.is_file():
         raise CliError(f"{args.wav} is not a readable file")
+    check_output_file(args.out, args.overwrite, "OUT")
+    if args.npy is not None:
+        check_output_file(args.npy, args.overwrite, "--npy")
     try:
         samples, rate = soundfile.read(args.wav, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError):

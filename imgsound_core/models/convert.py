@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from imgsound_core.modes import umask_mode
+
 # Pickle name → safetensors name, as diffusers and transformers name them.
 PICKLE_TO_SAFETENSORS = {
     "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
@@ -62,6 +64,7 @@ def convert_file(pickle_path: Path) -> Conversion:
     os.close(handle)
     try:
         save_file(owned, temp_name, metadata={"format": "pt"})
+        os.chmod(temp_name, umask_mode())  # mkstemp made it private
         reread = load_file(temp_name)
         if reread.keys() != owned.keys() or not all(torch.equal(reread[k], owned[k]) for k in owned):
             raise RuntimeError(f"the safetensors copy of {pickle_path} did not read back identically")

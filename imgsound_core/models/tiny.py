@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from imgsound_core.audio.hifigan import Generator, save_hifigan, tiny_hifigan_config
+from imgsound_core.modes import umask_mode
 
 # SD-1.5's scheduler/scheduler_config.json, verbatim in content: a PNDM config that DDIM reads (the paper's
 # method builds its DDIMScheduler from this file).
@@ -562,6 +563,7 @@ def write_tiny_models(directory: str | os.PathLike, seed: int = 0) -> tuple[Path
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
             write(staging)
+            staging.chmod(umask_mode(directory=True))  # mkdtemp made it private
             target = root / name
             if target.exists():
                 shutil.rmtree(target)
