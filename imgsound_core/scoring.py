@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-CLIP_MODEL_ID = "openai/clip-vit-base-patch16"
-CLAP_MODEL_ID = "laion/clap-htsat-unfused"
+from imgsound_core.defaults import CLAP_MODEL_ID, CLIP_MODEL_ID  # noqa: F401, E402 - re-exported
+
 CLAP_SAMPLE_RATE_HZ = 48_000
 WINDOW_STRIDE_DIVISOR = 8  # windows overlap: stride H/8, as in the reference evaluator
 

@@ -81,6 +81,16 @@ def latent_work(latent_hw: tuple[int, int]) -> float:
     return latent_hw[0] * latent_hw[1] * 64 / UNIT_PIXELS
 
 
+async def both(first, second) -> tuple[Any, Any]:
+    """Await two calls at once; when one fails, the other is cancelled (not left running for nobody)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = group.create_task(first), group.create_task(second)
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None  # the first failure, as the callers' except clauses expect
+    return tasks[0].result(), tasks[1].result()
+
+
 class ServiceUnavailable(Exception):
     """A deployment did not answer after the retries; the message says which."""
 
@@ -153,6 +163,9 @@ class Driver:
             response = method.remote(*payload)
             try:
                 return await asyncio.wait_for(response, timeout=limit)
+            except asyncio.CancelledError:
+                response.cancel()  # a sibling call failed, or the client left: the replica drops this work too
+                raise
             except RayTaskError as error:
                 cause = getattr(error, "cause", None)
                 if isinstance(cause, PASSTHROUGH):
@@ -227,7 +240,7 @@ class Driver:
         while scheduler.has_work():
             started = time.perf_counter()
             plan = scheduler.schedule()
-            eps_image, eps_audio = await asyncio.gather(
+            eps_image, eps_audio = await both(
                 self._unet("image", self.image_unet, plan.image), self._unet("audio", self.audio_unet, plan.audio)
             )
             for state in scheduler.update(plan, eps_image, eps_audio):
@@ -257,7 +270,7 @@ class Driver:
             t1 = time.perf_counter()
             work = sum(request_work(request) for request in requests)
             decode_s = self.args.resilience.decode_timeout_s
-            images, (spectrograms, waveforms) = await asyncio.gather(
+            images, (spectrograms, waveforms) = await both(
                 self._call("ImageUNet", self.image_unet.decode, latents, work=work, timeout_s=decode_s),
                 self._call("Vocoder", self.vocoder.decode, latents, body.vocoder, work=work, timeout_s=decode_s),
             )

@@ -303,17 +303,19 @@ def test_generate_with_griffin_lim(tiny_models: Path, tmp_path: Path, capsys: py
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        pytest.param(("--image-prompt", ""), ("image_prompt",), id="empty-prompt"),
-        pytest.param(("--audio-prompt", "  \t "), ("audio_prompt",), id="blank-prompt"),
+        pytest.param(("--image-prompt", ""), ("--image-prompt",), id="empty-prompt"),
+        pytest.param(("--audio-prompt", "  \t "), ("--audio-prompt",), id="blank-prompt"),
         pytest.param(("--steps", "0"), ("steps",), id="zero-steps"),
         pytest.param(("--steps", "100000"), ("steps", "1000"), id="too-many-steps"),
         pytest.param(("--height", "100"), ("height", "multiple of 8"), id="height-not-multiple-of-8"),
         pytest.param(("--width", "0"), ("width",), id="zero-width"),
-        pytest.param(("--audio-weight", "1.5"), ("audio_weight",), id="weight-above-1"),
-        pytest.param(("--image-guidance", "nan"), ("image_guidance", "finite"), id="nan-guidance"),
-        pytest.param(("--audio-guidance", "-1"), ("audio_guidance",), id="negative-guidance"),
+        pytest.param(("--audio-weight", "1.5"), ("--audio-weight",), id="weight-above-1"),
+        pytest.param(("--image-guidance", "nan"), ("--image-guidance", "finite"), id="nan-guidance"),
+        pytest.param(("--audio-guidance", "-1"), ("--audio-guidance",), id="negative-guidance"),
         pytest.param(("--image-start-step", "2", "--audio-start-step", "1"), ("must be 0",), id="both-start-late"),
-        pytest.param(("--steps", "4", "--image-start-step", "5"), ("image_start_step",), id="start-after-end"),
+        pytest.param(
+            ("--steps", "4", "--image-start-step", "5"), ("--image-start-step", "--steps (4)"), id="start-after-end"
+        ),
         pytest.param(
             ("--image-model", "/nonexistent"), ("imgsound download", "--image-model"), id="missing-model-folder"
         ),
@@ -322,7 +324,7 @@ def test_generate_with_griffin_lim(tiny_models: Path, tmp_path: Path, capsys: py
         pytest.param(
             ("--crop", "--width", "32", "--image-model", "/nonexistent"), ("crop drops",), id="crop-too-narrow"
         ),
-        pytest.param(("--image-prompt", "\ud800"), ("image_prompt", "lone surrogate"), id="lone-surrogate"),
+        pytest.param(("--image-prompt", "\ud800"), ("--image-prompt", "lone surrogate"), id="lone-surrogate"),
     ],
 )
 def test_generate_rejects_bad_input(
@@ -838,3 +840,29 @@ def test_spectrogram_commands_refuse_to_overwrite_without_the_flag(tiny_models, 
     assert run_main(capsys, "image-to-audio", out / "sample_000" / "spectrogram.png", wav, "--overwrite").code == 0
     assert run_main(capsys, "audio-to-spectrogram", out / "sample_000" / "audio.wav", png, "--overwrite").code == 0
     assert wav.read_bytes()[:4] == b"RIFF" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_version_and_torch_dtype_names(tiny_models, tmp_path, capsys):
+    from imgsound_core import __version__
+
+    outcome = run_main(capsys, "--version")
+    assert outcome.code == 0 and outcome.out.strip() == f"imgsound {__version__}"
+    out = tmp_path / "out"
+    assert run_main(capsys, *generate_args(tiny_models, out, *ONE_STEP, "--dtype", "float32")).code == 0
+    record = json.loads((out / "sample_000" / "sample.json").read_text())
+    assert record["dtype"] == "fp32"  # the same id as --dtype fp32
+    outcome = run_main(capsys, *generate_args(tiny_models, tmp_path / "x", *ONE_STEP, "--dtype", "float64"))
+    assert outcome.code == 2 and "float64" in outcome.err
+
+
+def test_help_texts_say_what_each_command_writes_and_uses(capsys):
+    tiny = run_main(capsys, "tiny-models", "--help").out
+    for folder in ("DIR/image", "DIR/audio", "DIR/clip", "DIR/clap", "DIR/if-stage-1", "DIR/if-stage-2"):
+        assert folder in " ".join(tiny.split()), folder
+    score = "".join(run_main(capsys, "score", "--help").out.split())  # argparse may wrap at a hyphen
+    assert "openai/clip-vit-base-patch16" in score and "laion/clap-htsat-unfused" in score and "[cpu]" in score
+    assert "safetensors" in run_main(capsys, "convert", "--help").out
+    for command in ("imprint", "sds"):
+        assert "griffinlim (no weights)" in " ".join(run_main(capsys, command, "--help").out.split())
+    download = run_main(capsys, "download", "--help").out
+    assert "--device" not in download and "--dtype" not in download

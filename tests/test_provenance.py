@@ -272,7 +272,7 @@ def test_image_to_audio_uses_the_stored_mel_settings(
     out = tmp_path / "from-png.wav"
     outcome = run_main(capsys, "image-to-audio", generated / "spectrogram.png", out)
     assert outcome.code == 0, outcome.err
-    assert "using the mel settings stored in" in outcome.out and "hop 160" in outcome.out
+    assert "using the mel settings stored in" in outcome.err and "hop 160" in outcome.err
     samples, rate = soundfile.read(out, dtype="float32")
     assert (rate, samples.shape) == (16000, (CROPPED_WIDTH * 160,))
     assert samples.shape[0] == soundfile.info(generated / "audio.wav").frames
@@ -281,7 +281,7 @@ def test_image_to_audio_uses_the_stored_mel_settings(
     with Image.open(generated / "spectrogram.png") as picture:
         picture.convert("L").save(plain)  # pixels only
     outcome = run_main(capsys, "image-to-audio", plain, tmp_path / "plain.wav")
-    assert outcome.code == 0 and "mel settings" not in outcome.out
+    assert outcome.code == 0 and "mel settings" not in outcome.err
     aspect_columns = round(CROPPED_WIDTH * 256 / HEIGHT)
     assert soundfile.info(tmp_path / "plain.wav").frames == aspect_columns * 160
 

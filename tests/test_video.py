@@ -179,7 +179,7 @@ def test_video_command_playhead_is_where_the_sound_is(
     folder, out = samples / "sample_001", tmp_path / "clip.mp4"
     outcome = run_main(capsys, "video", folder, "--out", out, "--fps", "100")
     assert outcome.code == 0, outcome.err
-    assert str(out) in outcome.out
+    assert str(out) in outcome.err  # status lines go to stderr, like every command's "wrote …"
     duration_s = soundfile.info(folder / "audio.wav").duration
     frames, fps = decode_frames(out)
     canvas = sample_canvas(folder)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgsound_core.cli import baselines, colorize, evaluate, generate, media, models, spectrograms
-from imgsound_core.cli.common import EXIT_USAGE, CliError, Subparsers, quiet_libraries
+from imgsound_core.cli.common import EXIT_USAGE, CliError, Subparsers, quiet_libraries, quiet_libraries_on_import
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "CliError", "Command", "build_parser", "main", "quiet_libraries"]
 
@@ -58,23 +58,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgsound",
         description="Generate images that sound: spectrograms that look like a picture and play as natural audio.",
     )
+    from imgsound_core import __version__
+
+    parser.add_argument("--version", action="version", version=f"imgsound {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
         command.add_parser(sub)
     return parser
 
 
+def as_flags(message: str, args: argparse.Namespace) -> str:
+    """A request error names the request's fields (`image_prompt`, `steps`); on the command line the user typed
+    flags, so each field the command has a flag for is named as that flag (`--image-prompt`, `--steps`)."""
+    import re
+
+    flags = {name: "--" + name.replace("_", "-") for name in vars(args) if not name.startswith("_")}
+    return re.sub(
+        r"\b[a-z]+(?:_[a-z]+)+\b|\b(?:steps|seed|height|width|ratio|crops)\b",
+        lambda m: flags.get(m.group(0), m.group(0)),
+        message,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not os.environ.get("IMGSOUND_DEBUG") and args.command != "download":  # downloads keep their progress bars
-        quiet_libraries()
-    from imgsound_core.models.bundle import ModelMismatchError, ModelNotAvailableError
+        quiet_libraries_on_import()
+    from imgsound_core.models.errors import ModelMismatchError, ModelNotAvailableError
     from imgsound_core.request import RequestError
 
     try:
         COMMANDS[args.command].run(args)
-    except (CliError, RequestError, ModelNotAvailableError, ModelMismatchError, FileExistsError) as error:
+    except RequestError as error:
+        if os.environ.get("IMGSOUND_DEBUG"):
+            raise
+        print(f"imgsound: error: {as_flags(str(error), args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CliError, ModelNotAvailableError, ModelMismatchError, FileExistsError) as error:
         if os.environ.get("IMGSOUND_DEBUG"):
             raise
         print(f"imgsound: error: {error}", file=sys.stderr)

@@ -36,15 +36,37 @@ def positive_int(text: str) -> int:
     return value
 
 
+DTYPE_NAMES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "float32": "fp32", "float16": "fp16"}
+DTYPE_NAMES["bfloat16"] = "bf16"
+
+
+def dtype_arg(text: str) -> str:
+    """argparse type of --dtype: fp32, fp16, bf16, or torch's own names for them (float32, float16, bfloat16)."""
+    try:
+        return DTYPE_NAMES[text.lower().removeprefix("torch.")]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"expected fp32, fp16 or bf16 (or float32, float16, bfloat16), got {text!r}"
+        ) from None
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """--device and --dtype of the commands that load weights."""
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 … [%(default)s]")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="weights dtype [%(default)s]")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        type=dtype_arg,
+        help="weights dtype: fp32, fp16 or bf16 (float32, float16, bfloat16 also accepted) [%(default)s]",
+    )
 
 
-def add_model_args(parser: argparse.ArgumentParser, image: bool = True, audio: bool = True) -> None:
-    """--image-model and/or --audio-model (defaults from the environment), then --device and --dtype."""
-    from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
+def add_model_args(
+    parser: argparse.ArgumentParser, image: bool = True, audio: bool = True, device: bool = True
+) -> None:
+    """--image-model and/or --audio-model (defaults from the environment), then (unless `device` is false, for
+    commands that only fetch files) --device and --dtype."""
+    from imgsound_core.defaults import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 
     if image:
         parser.add_argument(
@@ -58,12 +80,13 @@ def add_model_args(parser: argparse.ArgumentParser, image: bool = True, audio: b
             default=os.environ.get("IMGSOUND_AUDIO_MODEL", DEFAULT_AUDIO_MODEL),
             help="folder or hub id of the audio model (Auffusion layout; env IMGSOUND_AUDIO_MODEL) [%(default)s]",
         )
-    add_device_args(parser)
+    if device:
+        add_device_args(parser)
 
 
 def add_if_model_args(parser: argparse.ArgumentParser) -> None:
     """--stage-1-model and --stage-2-model: the two DeepFloyd IF stages (defaults from the environment)."""
-    from imgsound_core.models.deepfloyd import DEFAULT_IF_STAGE_1, DEFAULT_IF_STAGE_2
+    from imgsound_core.defaults import DEFAULT_IF_STAGE_1, DEFAULT_IF_STAGE_2
 
     parser.add_argument(
         "--stage-1-model",
@@ -83,7 +106,8 @@ def add_sample_args(
     prior: str = "model",
     num_samples_help: str = "samples to generate [%(default)s]",
     width_help: str = "pixels; multiple of 8 [%(default)s]",
-    vocoder_help: str = "[%(default)s]",
+    vocoder_help: str = "spectrogram → audio: hifigan (Auffusion's, from the audio model's vocoder/) or griffinlim (no "
+    "weights) [%(default)s]",
     crop_help: str = "drop the last 32 columns, as the paper does",
     overwrite_help: str = "replace sample folders that already exist in OUT",
 ) -> None:
@@ -279,6 +303,15 @@ def summary(name: str, values: list[float]) -> str:
     array = np.asarray(values, dtype=np.float64)
     margin = 1.96 * array.std() / np.sqrt(len(array)) if len(array) > 1 else 0.0
     return f"{name} {100 * array.mean():.1f} ± {100 * margin:.1f} (×100, 95% CI, n={len(array)})"
+
+
+def quiet_libraries_on_import() -> None:
+    """What `quiet_libraries` does, through the variables the libraries read when they are first imported: free,
+    so that a command that stops at a bad argument never imports them at all."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def quiet_libraries() -> None:

@@ -11,7 +11,7 @@ from imgsound_core.cli.common import CliError, Subparsers, read_sample, sample_d
 
 
 def add_score_parser(sub: Subparsers) -> None:
-    from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
+    from imgsound_core.defaults import CLAP_MODEL_ID, CLIP_MODEL_ID
 
     score = sub.add_parser(
         "score",

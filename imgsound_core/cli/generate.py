@@ -78,14 +78,8 @@ def add_generate_parser(sub: Subparsers) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from imgsound_core.artifacts import render_artifacts, write_sample_dir
-    from imgsound_core.identity import SampleContext, model_identity, sample_record
-    from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
+    # Everything the user typed is checked before torch and the models are imported, let alone loaded.
     from imgsound_core.request import SampleRequest, check_crop
-    from imgsound_core.sampler import Sampler
-    from imgsound_core.video import VideoError
 
     request = SampleRequest(
         image_prompt=args.image_prompt,
@@ -105,6 +99,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
     requests = request.expand(args.num_samples)
     check_crop(args.crop, request.width)
     targets = sample_targets(args.out, len(requests), args.overwrite)
+
+    from tqdm import tqdm
+
+    from imgsound_core.artifacts import render_artifacts, write_sample_dir
+    from imgsound_core.identity import SampleContext, model_identity, sample_record
+    from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
+    from imgsound_core.sampler import Sampler
+    from imgsound_core.video import VideoError
+
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def cmd_video(args: argparse.Namespace) -> None:
         except VideoError as error:
             raise CliError(str(error)) from None
         atomic_write_bytes(target, data)
-        print(f"wrote {target} ({time.perf_counter() - t0:.1f} s)")
+        print(f"wrote {target} (took {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
 
 
 def add_info_parser(sub: Subparsers) -> None:

@@ -12,9 +12,17 @@ from imgsound_core.cli.common import CliError, Subparsers, add_if_model_args, ad
 
 def add_tiny_models_parser(sub: Subparsers) -> None:
     tiny = sub.add_parser(
-        "tiny-models", help="write tiny random-weight models in the real on-disk formats (tests, demo)"
+        "tiny-models",
+        help="write tiny random-weight models in the real on-disk formats (tests, demo)",
+        description="Writes six tiny models with random weights, in exactly the on-disk formats of the real ones, "
+        "so that every code path runs anywhere in seconds (their pictures and sounds are noise).",
     )
-    tiny.add_argument("dir", type=Path, help="writes DIR/image (SD-1.5 layout) and DIR/audio (Auffusion layout)")
+    tiny.add_argument(
+        "dir",
+        type=Path,
+        help="writes DIR/image (SD-1.5 layout), DIR/audio (Auffusion layout, with its HiFi-GAN), DIR/clip and "
+        "DIR/clap (the scorers) and DIR/if-stage-1, DIR/if-stage-2 (DeepFloyd IF, for colorize and sds)",
+    )
     tiny.add_argument(
         "--seed", type=int, default=0, help="weights are a deterministic function of the seed [%(default)s]"
     )
@@ -25,7 +33,7 @@ def cmd_tiny_models(args: argparse.Namespace) -> None:
 
     image, audio = write_tiny_models(args.dir, seed=args.seed)
     others = ", ".join(str(image.parent / name) for name in ("clip", "clap", "if-stage-1", "if-stage-2"))
-    print(f"wrote {image}, {audio}, {others}")
+    print(f"wrote {image}, {audio}, {others}", file=sys.stderr)
 
 
 def add_download_parser(sub: Subparsers) -> None:
@@ -35,7 +43,7 @@ def add_download_parser(sub: Subparsers) -> None:
         description="Downloads DIR/image and DIR/audio, then converts pickled weights to safetensors.",
     )
     download.add_argument("dir", type=Path)
-    add_model_args(download)
+    add_model_args(download, device=False)
     download.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) for both models")
     download.add_argument(
         "--deepfloyd",
@@ -89,8 +97,14 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def add_convert_parser(sub: Subparsers) -> None:
-    convert = sub.add_parser("convert", help="convert a model folder's pickled .bin weights to safetensors, once")
-    convert.add_argument("dir", type=Path)
+    convert = sub.add_parser(
+        "convert",
+        help="convert a model folder's pickled .bin weights to safetensors, once",
+        description="Reads every pickled *.bin weights file under DIR with weights-only loading (plain tensors; "
+        "anything else is refused), writes a safetensors copy beside it and checks that every tensor reads back "
+        "identical. The loaders prefer the copy from then on, so the pickle is never opened again.",
+    )
+    convert.add_argument("dir", type=Path, help="a model folder (e.g. one `imgsound download` wrote)")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

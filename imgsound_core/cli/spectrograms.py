@@ -4,6 +4,7 @@ spectrogram, with no diffusion."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +101,12 @@ def cmd_image_to_audio(args: argparse.Namespace) -> None:
         from imgsound_core.provenance import mel_summary, to_default_range
 
         pixels = to_default_range(pixels, settings)
-        print(f"using the mel settings stored in {args.image}: {mel_summary(settings)}")
+        print(f"using the mel settings stored in {args.image}: {mel_summary(settings)}", file=sys.stderr)
     spectrogram = torch.from_numpy(pixels)
     vocoder = load_vocoder(args.vocoder, audio_model=args.audio_model, device=args.device)
     waveform = spectrogram_to_waveform(spectrogram[None], vocoder)[0]
     atomic_write_bytes(args.out, wav_bytes(waveform))
-    print(f"wrote {args.out} ({waveform.shape[-1] / 16000:.2f} s)")
+    print(f"wrote {args.out} ({waveform.shape[-1] / 16000:.2f} s of audio)", file=sys.stderr)
 
 
 def add_audio_to_spectrogram_parser(sub: Subparsers) -> None:
@@ -150,4 +151,4 @@ def cmd_audio_to_spectrogram(args: argparse.Namespace) -> None:
     atomic_write_bytes(args.out, png_bytes(gray))
     if args.npy is not None:
         atomic_write_bytes(args.npy, npy_bytes(gray.numpy().astype(np.float32)))
-    print(f"wrote {args.out} ({gray.shape[0]}×{gray.shape[1]})")
+    print(f"wrote {args.out} ({gray.shape[0]}×{gray.shape[1]} pixels)", file=sys.stderr)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-DEFAULT_IMAGE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_AUDIO_MODEL = "auffusion/auffusion-full-no-adapter"
+from imgsound_core.defaults import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL  # noqa: F401 - re-exported
+from imgsound_core.models.errors import ModelMismatchError, ModelNotAvailableError  # noqa: F401 - re-exported
 
 UNET, VAE, TEXT, VOCODER = "unet", "vae", "text", "vocoder"
 IMAGE_PARTS = frozenset({UNET, VAE, TEXT})
@@ -46,14 +46,6 @@ def describe_weights(model: Any) -> dict[str, Any]:
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
     }
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The weights are not on this machine (or not readable); the message says how to get them."""
-
-
-class ModelMismatchError(ValueError):
-    """The parts of a model, or the two models, do not fit together; the message names the mismatch."""
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -31,6 +31,9 @@ from typing import Any
 import torch
 
 from imgsound_core.composition import guided_eps
+
+# The models the paper's colorization (and its SDS baseline) uses; the XL/L variants load the same way.
+from imgsound_core.defaults import DEFAULT_IF_STAGE_1, DEFAULT_IF_STAGE_2  # noqa: F401, E402 - re-exported
 from imgsound_core.models.bundle import (
     ModelMismatchError,
     ModelNotAvailableError,
@@ -40,9 +43,6 @@ from imgsound_core.models.bundle import (
     resolve_model_path,
 )
 
-# The models the paper's colorization (and its SDS baseline) uses; the XL/L variants load the same way.
-DEFAULT_IF_STAGE_1 = "DeepFloyd/IF-I-M-v1.0"
-DEFAULT_IF_STAGE_2 = "DeepFloyd/IF-II-M-v1.0"
 IF_TEXT_LENGTH = 77  # tokens; T5 reads longer text, but IF was trained on 77 (diffusers hard-codes it too)
 IF_UPSCALE = 4  # stage II: 64 → 256 pixels
 IF_HUB_PREFIX = "DeepFloyd/"
