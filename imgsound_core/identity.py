@@ -194,12 +194,14 @@ def sample_record(
     device: str,
     timings_s: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
+    prompt_tokens_dropped: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The `sample.json` record of one sample, the same whichever caller makes it.
 
     Holds the method (when not the paper's), every request field, the sample id, the models' identities (no local
     paths), dtype, vocoder, crop, the device it ran on, timings, library versions and the time; `extra` adds the
-    caller's own keys (a sweep's name and grid position, a worker's name).
+    caller's own keys (a sweep's name and grid position, a worker's name). `prompt_tokens_dropped` (`{field:
+    tokens}`, `text.prompt_truncation`) is recorded when a prompt was too long for its text encoder.
     """
     record: dict[str, Any] = {}
     if context.method != DENOISE:
@@ -220,6 +222,8 @@ def sample_record(
             "created_utc": utc_now(),
         }
     )
+    if prompt_tokens_dropped:
+        record["prompt_tokens_dropped"] = dict(prompt_tokens_dropped)
     record.update(extra or {})
     return record
 

@@ -12,7 +12,7 @@ parameters that made it:
 
 The provenance is a function of the sample alone — request, sample id, models (their identities: hub id and
 revision or a fingerprint, and dtype), vocoder, crop and the mel settings of `audio/mel.py` — never of timings,
-clocks or local paths, so the same sample gives byte-identical files on every run.
+clocks or local paths, so a sample made again the same way (same batch composition) gives byte-identical files.
 
 Pure byte functions: nothing here reads or writes files except `read_file_metadata`.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -245,9 +246,10 @@ def read_wav_info(data: bytes, name: str = "the WAV") -> dict[str, str]:
     return info
 
 
-def _provenance_in_comment(info: Mapping[str, str], name: str) -> dict[str, Any] | None:
-    """The provenance in a WAV's ICMT, or None when the comment is someone else's (any text but our JSON)."""
-    comment = info.get("ICMT", "")
+def _provenance_in_comment(info: Mapping[str, str], name: str, key: str = "ICMT") -> dict[str, Any] | None:
+    """The provenance in a WAV's ICMT (an MP4's `comment`), or None when the comment is someone else's (any text but
+    our JSON)."""
+    comment = info.get(key, "")
     try:
         parsed = json.loads(comment)
     except json.JSONDecodeError:
@@ -270,12 +272,41 @@ def video_metadata(provenance: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+def read_mp4_tags(path: str | Path) -> dict[str, str]:
+    """An MP4's metadata tags (title, comment, …), read by imageio-ffmpeg's ffmpeg (`-f ffmetadata`), which also
+    checks that the file is a video it can open; `ProvenanceError` otherwise."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    done = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise ProvenanceError(f"{path} is not a video ffmpeg can read")
+    tags: dict[str, str] = {}
+    text = done.stdout.decode("utf-8", errors="replace")
+    # ffmetadata: `key=value` lines; `\=`, `\;`, `\#`, `\\` and an escaped newline are literal characters.
+    logical, pending = [], ""
+    for line in text.split("\n"):
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending += line[:-1] + "\n"
+            continue
+        logical.append(pending + line)
+        pending = ""
+    for line in logical:
+        if not line or line.startswith((";", "#", "[")) or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        tags[key.strip().lower()] = re.sub(r"\\(.)", r"\1", value)
+    return tags
+
+
 # --- either ----------------------------------------------------------------------------------------------------------
 
 
 def read_file_metadata(path: str | Path) -> dict[str, Any]:
-    """What `imgsound info` shows: `{"file", "format": "png"|"wav", "text" (all PNG text or WAV INFO fields),
-    "imgsound" (the parsed provenance or None)}`. A file that is neither PNG nor WAV, or is damaged, raises
+    """What `imgsound info` shows: `{"file", "format": "png"|"wav"|"mp4", "text" (all PNG text, WAV INFO fields or
+    MP4 tags), "imgsound" (the parsed provenance or None)}`. A file that is none of those, or is damaged, raises
     `ProvenanceError`."""
     path = Path(path)
     try:
@@ -288,7 +319,15 @@ def read_file_metadata(path: str | Path) -> dict[str, Any]:
     if data[:4] == b"RIFF":
         info = read_wav_info(data, str(path))
         return {"file": str(path), "format": "wav", "text": info, "imgsound": _provenance_in_comment(info, str(path))}
-    raise ProvenanceError(f"{path} is neither a PNG nor a WAV file")
+    if data[4:8] == b"ftyp":
+        tags = read_mp4_tags(path)
+        return {
+            "file": str(path),
+            "format": "mp4",
+            "text": tags,
+            "imgsound": _provenance_in_comment(tags, str(path), key="comment"),
+        }
+    raise ProvenanceError(f"{path} is neither a PNG, a WAV nor an MP4 file")
 
 
 WAV_INFO_NAMES = {"INAM": "title", "ISBJ": "subject", "ICMT": "comment", "ISFT": "software"}

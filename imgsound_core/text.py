@@ -30,6 +30,34 @@ def count_prompt_tokens(tokenizer, prompt: str) -> int:
     return len(tokenizer(prompt, truncation=False).input_ids)
 
 
+PROMPT_FIELDS = {"image": ("image_prompt", "image_negative"), "audio": ("audio_prompt", "audio_negative")}
+
+
+def dropped_tokens(tokenizer, prompt: str) -> int:
+    """How many of the prompt's tokens do not fit the text encoder's context and are cut off (0 if it fits)."""
+    return max(0, count_prompt_tokens(tokenizer, prompt) - int(tokenizer.model_max_length))
+
+
+def prompt_truncation(request, image_tokenizer, audio_tokenizer) -> dict[str, int]:
+    """`{field: tokens cut off}` for each prompt of `request` too long for its model's text encoder (77 tokens for
+    CLIP); empty when all fit. A record keeps it, and the command line and the HTTP API say so."""
+    found = {}
+    for tokenizer, fields in ((image_tokenizer, PROMPT_FIELDS["image"]), (audio_tokenizer, PROMPT_FIELDS["audio"])):
+        for field in fields:
+            dropped = dropped_tokens(tokenizer, getattr(request, field)) if getattr(request, field) else 0
+            if dropped:
+                found[field] = dropped
+    return found
+
+
+def truncation_warning(field: str, dropped: int, context: int, name: str | None = None) -> str:
+    """One sentence: which prompt was cut, and by how much."""
+    return (
+        f"{name or field} is {context + dropped} tokens long and its text encoder reads {context}: "
+        f"the last {dropped} are ignored"
+    )
+
+
 class TextEmbeddingCache:
     """Embeddings keyed by prompt text, computed in batches on first use and kept for the cache's lifetime."""
 

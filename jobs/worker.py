@@ -25,6 +25,7 @@ from imgsound_core.imprint import ImprintSampler
 from imgsound_core.methods import REQUEST_TYPES
 from imgsound_core.models.bundle import audio_parts, load_bundle, parse_dtype
 from imgsound_core.sampler import Sampler
+from imgsound_core.text import prompt_truncation
 from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows
 from jobs.spec import SweepSpec
 from jobs.store import open_store
@@ -139,6 +140,7 @@ class SweepWorker:
             device=str(self.device),
             timings_s=result.timings_s,
             extra={"sweep": spec.name, "pair_index": point["pair_index"]},
+            prompt_tokens_dropped=prompt_truncation(request, self.image.tokenizer, self.audio.tokenizer),
         )
         sample_id = record["sample_id"]
         settings = request.to_dict()

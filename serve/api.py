@@ -117,6 +117,7 @@ class SampleOut(BaseModel):
 class GenerateResponse(BaseModel):
     samples: list[SampleOut]
     timings_s: dict[str, float]
+    warnings: list[str] = Field(default_factory=list, description="e.g. a prompt too long for its text encoder")
 
 
 class Health(BaseModel):

@@ -31,6 +31,7 @@ from imgsound_core.identity import ModelIdentity, SampleContext, sample_record
 from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import RequestError
 from imgsound_core.scheduler import ModelInputs, StepScheduler
+from imgsound_core.text import truncation_warning
 from jobs.store import StoreError
 from serve.admission import Decision
 from serve.api import GenerateBody, GenerateResponse, Health, SampleOut
@@ -258,9 +259,19 @@ class Driver:
         # Fire and forget: the answer does not wait for it, and a lost release expires with its ticket.
         self.gatekeeper.release.remote(ticket)
 
+    async def _truncation(self, request) -> dict[str, int]:
+        """`{field: tokens dropped}` of the request's prompts that are too long for their text encoders."""
+        image, audio = await both(
+            self._call("ImageUNet", self.image_unet.dropped_tokens, [request.image_prompt, request.image_negative]),
+            self._call("AudioUNet", self.audio_unet.dropped_tokens, [request.audio_prompt, request.audio_negative]),
+        )
+        fields = ("image_prompt", "image_negative", "audio_prompt", "audio_negative")
+        return {field: n for field, n in zip(fields, [*image, *audio], strict=True) if n}
+
     async def _generate(self, body: GenerateBody, requests, key_label: str | None) -> GenerateResponse:
         info = await self.model_info()
         context = self._context(info, body)
+        truncated = await self._truncation(requests[0])  # the prompts are the same for every sample
         ticket = await self._admit(key_label, len(requests))
         self.samples_in_flight += len(requests)
         self.metrics.samples_in_flight.set(self.samples_in_flight)
@@ -277,7 +288,14 @@ class Driver:
             t2 = time.perf_counter()
             timings = {"denoise": t1 - t0, "decode": t2 - t1}
             records = [
-                sample_record(request, context, sample_index=i, device=info["image"]["device"], timings_s=timings)
+                sample_record(
+                    request,
+                    context,
+                    sample_index=i,
+                    device=info["image"]["device"],
+                    timings_s=timings,
+                    prompt_tokens_dropped=truncated,
+                )
                 for i, request in enumerate(requests)
             ]
             rendered = await self._call(
@@ -311,7 +329,12 @@ class Driver:
             for index, (record, files) in enumerate(zip(records, rendered))
         ]
         self.metrics.samples_generated.inc(len(samples))
-        return GenerateResponse(samples=samples, timings_s={**timings, "render": time.perf_counter() - t2})
+        warnings = [
+            truncation_warning(field, n, info[field.split("_")[0]]["context_tokens"]) for field, n in truncated.items()
+        ]
+        return GenerateResponse(
+            samples=samples, timings_s={**timings, "render": time.perf_counter() - t2}, warnings=warnings
+        )
 
     def _authenticate(self, request: Request) -> str | None:
         """The key's label (never the key) when keys are configured; a 401 when the request has no valid key."""

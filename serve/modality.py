@@ -22,7 +22,7 @@ from imgsound_core.identity import dtype_name, model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from imgsound_core.sampler import predict_guided_eps
 from imgsound_core.scheduler import ModelInputs
-from imgsound_core.text import encode_prompts
+from imgsound_core.text import dropped_tokens, encode_prompts
 from serve.config import BatchConfig, ModelPlacement
 from serve.metrics import UNetMetrics
 
@@ -78,6 +78,10 @@ class UNetDeployment:
         self.predict.set_max_batch_size(config.max_batch_size)
         self.predict.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
+    def dropped_tokens(self, prompts: list[str]) -> list[int]:
+        """Tokens each prompt loses to the text encoder's context (77 for CLIP); 0 for those that fit."""
+        return [dropped_tokens(self.bundle.tokenizer, prompt) if prompt else 0 for prompt in prompts]
+
     def model_info(self) -> dict[str, Any]:
         """What the driver needs once: the DDIM scheduler config, the latent channels and the model's identity."""
         return {
@@ -86,6 +90,7 @@ class UNetDeployment:
             "identity": self.identity.__dict__,
             "dtype": dtype_name(self.bundle.dtype),
             "device": self.bundle.device.type,
+            "context_tokens": int(self.bundle.tokenizer.model_max_length),
             "replica_pid": os.getpid(),
         }
 

@@ -866,3 +866,25 @@ def test_help_texts_say_what_each_command_writes_and_uses(capsys):
         assert "griffinlim (no weights)" in " ".join(run_main(capsys, command, "--help").out.split())
     download = run_main(capsys, "download", "--help").out
     assert "--device" not in download and "--dtype" not in download
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_reported_once(tiny_models, tmp_path, capsys):
+    long_prompt = " ".join(["castle"] * 100)  # one token a word, plus the start and end markers
+    out = tmp_path / "out"
+    outcome = run_main(
+        capsys, *generate_args(tiny_models, out, *ONE_STEP, "--image-prompt", long_prompt, "--num-samples", "2")
+    )
+    assert outcome.code == 0, outcome.err
+    warnings = [line for line in outcome.err.splitlines() if line.startswith("imgsound: warning:")]
+    from transformers import CLIPTokenizer
+
+    tokens = len(CLIPTokenizer.from_pretrained(tiny_models / "image" / "tokenizer")(long_prompt).input_ids)
+    assert tokens > 77
+    assert len(warnings) == 1 and f"--image-prompt is {tokens} tokens long" in warnings[0]
+    assert f"reads 77: the last {tokens - 77} are ignored" in warnings[0]
+    for index in range(2):
+        record = json.loads((out / f"sample_{index:03d}" / "sample.json").read_text())
+        assert record["prompt_tokens_dropped"] == {"image_prompt": tokens - 77}
+    short = run_main(capsys, *generate_args(tiny_models, tmp_path / "short", *ONE_STEP))
+    assert "warning" not in short.err
+    assert "prompt_tokens_dropped" not in json.loads((tmp_path / "short" / "sample_000" / "sample.json").read_text())

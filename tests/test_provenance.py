@@ -231,17 +231,20 @@ def test_info_on_a_plain_picture(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ("content", "words"),
     [
         pytest.param(None, ("cannot be read",), id="missing"),
-        pytest.param(b"hello, world", ("neither a PNG nor a WAV",), id="text-file"),
+        pytest.param(b"hello, world", ("neither a PNG, a WAV nor an MP4",), id="text-file"),
         pytest.param("truncated-png", ("damaged PNG",), id="truncated-png"),
         pytest.param("truncated-wav", ("damaged WAV",), id="truncated-wav"),
         pytest.param("bad-json", ("not valid JSON",), id="bad-imgsound-json"),
+        pytest.param("broken-mp4", ("not a video ffmpeg can read",), id="broken-mp4"),
     ],
 )
 def test_info_bad_files_are_one_sentence(
     generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content, words: tuple[str, ...]
 ) -> None:
     path = tmp_path / "file"
-    if content == "truncated-png":
+    if content == "broken-mp4":
+        path.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64)
+    elif content == "truncated-png":
         path.write_bytes((generated / "spectrogram.png").read_bytes()[:300])
     elif content == "truncated-wav":
         path.write_bytes((generated / "audio.wav").read_bytes()[:-100])
@@ -330,3 +333,19 @@ def test_image_to_audio_refuses_settings_it_cannot_honour(
     out = tmp_path / "out.wav"
     assert_user_error(run_main(capsys, "image-to-audio", path, out), *words)
     assert not out.exists()
+
+
+def test_info_reads_a_videos_provenance(tiny_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["generate", "--image-model", tiny_models / "image", "--audio-model", tiny_models / "audio", "--steps", "1"]
+    args += ["--image-prompt", "castle = towers; #1", "--audio-prompt", "bells", "--height", "64", "--width", "128"]
+    assert run_main(capsys, *args, "--vocoder", "griffinlim", "--video", "--out", out).code == 0
+    record = json.loads((out / "sample_000" / "sample.json").read_text())
+    outcome = run_main(capsys, "info", "--json", out / "sample_000" / "video.mp4")
+    assert outcome.code == 0, outcome.err
+    entry = json.loads(outcome.out)[0]
+    assert entry["format"] == "mp4" and entry["imgsound"]["sample_id"] == record["sample_id"]
+    assert entry["imgsound"]["request"]["image_prompt"] == "castle = towers; #1"  # ffmetadata's escapes undone
+    assert entry["imgsound"]["artifact"] == "video.mp4"
+    text = run_main(capsys, "info", out / "sample_000" / "video.mp4").out
+    assert "MP4, imgsound metadata" in text and record["sample_id"] in text

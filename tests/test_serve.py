@@ -435,3 +435,32 @@ def test_video_output_and_the_gallery_of_the_output_store(service):
     assert status == 404
     status, _, _ = http("GET", f"{service.url}/gallery/media/no-such-sample/audio")
     assert status == 404
+
+
+def test_a_too_long_prompt_is_reported_in_the_response_and_the_record(service):
+    long_prompt = " ".join(["castle"] * 100)
+    status, _, body = generate(
+        service,
+        image_prompt="a",
+        audio_prompt=long_prompt,
+        steps=1,
+        image_start_step=0,
+        height=64,
+        width=64,
+        outputs=["record"],
+    )
+    assert status == 200
+    dropped = body["samples"][0]["parameters"]["prompt_tokens_dropped"]
+    assert set(dropped) == {"audio_prompt"} and dropped["audio_prompt"] > 0
+    assert len(body["warnings"]) == 1 and f"the last {dropped['audio_prompt']} are ignored" in body["warnings"][0]
+    status, _, body = generate(
+        service,
+        image_prompt="a",
+        audio_prompt="b",
+        steps=1,
+        image_start_step=0,
+        height=64,
+        width=64,
+        outputs=["record"],
+    )
+    assert body["warnings"] == [] and "prompt_tokens_dropped" not in body["samples"][0]["parameters"]

@@ -22,6 +22,7 @@ from imgsound_core.cli.common import (
     remove_stale_samples,
     sample_folder,
     sample_targets,
+    warn_truncated_prompts,
 )
 
 # --- imprint --------------------------------------------------------------------------------------------------------
@@ -85,12 +86,18 @@ def cmd_imprint(args: argparse.Namespace) -> None:
     context = SampleContext(
         model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop, method="imprint"
     )
+    truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
     total = sum(r.image_steps + r.audio_steps for r in requests)
     with tqdm(total=total, unit="step", desc="imprint", disable=None, file=sys.stderr) as bar:
         for result in sampler.generate(requests, progress=bar.update):
             index = int(result.key)
             record = sample_record(
-                result.request, context, sample_index=index, device=str(device), timings_s=result.timings_s
+                result.request,
+                context,
+                sample_index=index,
+                device=str(device),
+                timings_s=result.timings_s,
+                prompt_tokens_dropped=truncated,
             )
             artifacts = render_artifacts(
                 result.image,

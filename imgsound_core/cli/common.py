@@ -173,6 +173,22 @@ def check_output_file(path: Path, overwrite: bool, flag: str = "the output") -> 
         raise CliError(f"{path} already exists; choose another name or pass --overwrite")
 
 
+def warn_truncated_prompts(request, image_tokenizer, audio_tokenizer) -> dict[str, int]:
+    """Say once, on stderr, which prompts are too long for their text encoder and how much of each is ignored;
+    returns `{field: tokens dropped}` for the records."""
+    from imgsound_core.text import prompt_truncation, truncation_warning
+
+    truncated = prompt_truncation(request, image_tokenizer, audio_tokenizer)
+    for field, dropped in truncated.items():
+        tokenizer = image_tokenizer if field.startswith("image") else audio_tokenizer
+        flag = "--" + field.replace("_", "-")
+        print(
+            f"imgsound: warning: {truncation_warning(field, dropped, tokenizer.model_max_length, flag)}",
+            file=sys.stderr,
+        )
+    return truncated
+
+
 def remove_stale_samples(out: Path, count: int) -> None:
     """After an --overwrite run of `count` samples: remove the earlier run's sample folders beyond them."""
     import shutil

@@ -16,6 +16,7 @@ from imgsound_core.cli.common import (
     positive_int,
     remove_stale_samples,
     sample_targets,
+    warn_truncated_prompts,
 )
 
 
@@ -118,6 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     load_s = time.perf_counter() - t0
     sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size)
     context = SampleContext(model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop)
+    truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
 
     total = sum(r.steps for r in requests)
     with tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr) as bar:
@@ -129,6 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 sample_index=index,
                 device=str(device),
                 timings_s={**result.timings_s, "model_load": load_s},
+                prompt_tokens_dropped=truncated,
             )
             try:
                 artifacts = render_artifacts(
