@@ -16,12 +16,15 @@ TABLE1_ARGS ?=
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
+	@echo "make: installing imgsound and its dependencies into $(VENV) (torch, diffusers, Ray, …): a few minutes the first time"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	touch $@
+	@echo "make: installed into $(VENV)"
 
 demo: install
+	@echo "make: writing tiny random-weight models to $(MODELS), then generating two samples with videos"
 	$(BIN)/imgsound tiny-models $(MODELS)
 	$(BIN)/imgsound generate --image-model $(MODELS)/image --audio-model $(MODELS)/audio \
 		--image-prompt "a painting of castle towers, grayscale" --audio-prompt "bell ringing" \

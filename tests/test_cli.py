@@ -888,3 +888,36 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported_once(tiny_model
     short = run_main(capsys, *generate_args(tiny_models, tmp_path / "short", *ONE_STEP))
     assert "warning" not in short.err
     assert "prompt_tokens_dropped" not in json.loads((tmp_path / "short" / "sample_000" / "sample.json").read_text())
+
+
+def test_progress_covers_decoding_and_writing_on_a_terminal(tiny_models, tmp_path):
+    """On a terminal (a pseudo-terminal here) a second bar follows decoding, vocoding and writing, sample by
+    sample, after the denoising bar."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("script") is None:
+        pytest.skip("util-linux `script` (a pseudo-terminal) is not installed")
+    command = [
+        sys.executable,
+        "-m",
+        "imgsound_core.cli",
+        *map(str, generate_args(tiny_models, tmp_path / "o", *ONE_STEP)),
+    ]
+    done = subprocess.run(
+        # a pseudo-terminal of 120 columns (without a size, tqdm draws bars of width 0)
+        [
+            "script",
+            "-qec",
+            "stty cols 120 rows 40; " + shlex.join([*command, "--num-samples", "2", "--video"]),
+            "/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "denoising" in done.stdout and "decoding, vocoding, writing, video" in done.stdout
+    assert "2/2" in done.stdout

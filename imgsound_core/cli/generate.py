@@ -122,7 +122,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
 
     total = sum(r.steps for r in requests)
-    with tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr) as bar:
+    finishing = "decoding, vocoding, writing" + (", video" if args.video else "")
+    with (
+        tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr, position=0) as bar,
+        tqdm(total=len(requests), unit="sample", desc=finishing, disable=None, file=sys.stderr, position=1) as done,
+    ):
         for result in sampler.generate(requests, progress=bar.update):
             index = int(result.key)
             record = sample_record(
@@ -141,5 +145,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 raise CliError(f"the video of sample {index} failed: {error}") from None
             write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
+            done.update(1)
     if args.overwrite:
         remove_stale_samples(args.out, len(requests))
