@@ -921,3 +921,35 @@ def test_progress_covers_decoding_and_writing_on_a_terminal(tiny_models, tmp_pat
     assert done.returncode == 0, done.stdout[-2000:]
     assert "denoising" in done.stdout and "decoding, vocoding, writing, video" in done.stdout
     assert "2/2" in done.stdout
+
+
+def test_resume_keeps_finished_samples_and_makes_the_rest(tiny_models, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    args = generate_args(tiny_models, out, *ONE_STEP, "--num-samples", "3")
+    assert run_main(capsys, *args).code == 0
+    before = {name: tree_digest(out / name) for name in ("sample_000", "sample_002")}
+    kept_mtime = (out / "sample_000" / "image.png").stat().st_mtime_ns
+    expected = read_npy(out / "sample_001" / "spectrogram.npy")
+    expected_id = json.loads((out / "sample_001" / "sample.json").read_text())["sample_id"]
+    shutil.rmtree(out / "sample_001")  # as if the run had been interrupted there
+
+    refused = run_main(capsys, *args)
+    assert_user_error(refused, "already exists", "--resume", "--overwrite")
+    outcome = run_main(capsys, *args, "--resume")
+    assert outcome.code == 0, outcome.err
+    assert "2 of 3 samples are finished and kept" in outcome.err
+    assert (out / "sample_000" / "image.png").stat().st_mtime_ns == kept_mtime  # not made again
+    assert {name: tree_digest(out / name) for name in ("sample_000", "sample_002")} == before
+    # the same sample the first run made (alone now, not in a batch of 3: equal to float round-off, same id)
+    assert np.abs(read_npy(out / "sample_001" / "spectrogram.npy") - expected).max() < 1e-4
+    assert json.loads((out / "sample_001" / "sample.json").read_text())["sample_id"] == expected_id
+    again = run_main(capsys, *args, "--resume")
+    assert again.code == 0 and "3 of 3" in again.err  # nothing left to do
+
+    other = run_main(
+        capsys, *generate_args(tiny_models, out, *ONE_STEP, "--num-samples", "3", "--seed", "5"), "--resume"
+    )
+    assert_user_error(other, "holds another sample", "--overwrite")
+    assert_user_error(run_main(capsys, *args, "--resume", "--overwrite"), "--resume", "--overwrite")

@@ -211,15 +211,51 @@ def stale_sample_folders(out: Path, count: int) -> list[Path]:
     return sorted(found)
 
 
-def sample_targets(out: Path, count: int, overwrite: bool) -> list[Path]:
+def sample_targets(out: Path, count: int, overwrite: bool, resume: bool = False) -> list[Path]:
     """The folders of `count` new samples in OUT; checked before any model loads, so that a run never spends
     minutes loading weights only to refuse its output folder."""
     targets = [sample_folder(out, index) for index in range(count)]
     check_out_folder(out)
     existing = [target for target in targets if target.exists()]
-    if existing and not overwrite:
-        raise CliError(f"{existing[0]} already exists; choose another --out or pass --overwrite")
+    if existing and not (overwrite or resume):
+        raise CliError(
+            f"{existing[0]} already exists; pass --resume to keep the finished samples and make the rest, "
+            "--overwrite to replace them, or choose another --out"
+        )
     return targets
+
+
+def add_resume_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the sample folders in OUT that hold exactly the sample this command would make (same id: same "
+        "request, models, dtype, vocoder, crop) and make only the missing ones, e.g. after Ctrl-C",
+    )
+
+
+def finished_samples(targets: list[Path], requests: list, context) -> set[int]:
+    """With --resume: the indices whose folder already holds this very sample (its sample.json's id is the one this
+    run would give it). A folder holding another sample is refused rather than kept or replaced."""
+    import json
+
+    from imgsound_core.identity import sample_id
+
+    done = set()
+    for index, (target, request) in enumerate(zip(targets, requests)):
+        if not (target / "sample.json").is_file():
+            continue
+        try:
+            found = json.loads((target / "sample.json").read_text()).get("sample_id")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != sample_id(request, context):
+            raise CliError(
+                f"{target} holds another sample (other settings or models than this command's); pass --overwrite "
+                "to replace it, or choose another --out"
+            )
+        done.add(index)
+    return done
 
 
 def sample_dirs(root: Path) -> list[Path]:

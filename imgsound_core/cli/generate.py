@@ -10,7 +10,9 @@ from imgsound_core.cli.common import (
     CliError,
     Subparsers,
     add_model_args,
+    add_resume_arg,
     add_sample_args,
+    finished_samples,
     load_audio_bundle,
     load_vocoder,
     positive_int,
@@ -75,6 +77,7 @@ def add_generate_parser(sub: Subparsers) -> None:
         help="also write video.mp4 in each sample folder: the spectrogram with a playhead, the sound and the prompts "
         "(`imgsound video` offers other layouts)",
     )
+    add_resume_arg(gen)
     add_model_args(gen)
 
 
@@ -99,7 +102,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     requests = request.expand(args.num_samples)
     check_crop(args.crop, request.width)
-    targets = sample_targets(args.out, len(requests), args.overwrite)
+    if args.resume and args.overwrite:
+        raise CliError("--resume keeps finished samples and --overwrite replaces them: pass one of them")
+    targets = sample_targets(args.out, len(requests), args.overwrite, args.resume)
 
     from tqdm import tqdm
 
@@ -111,6 +116,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype)
+    finished: set[int] = set()
+    if args.resume:
+        from imgsound_core.identity import identify_source
+
+        planned = SampleContext(
+            identify_source(args.image_model, "image"),
+            identify_source(args.audio_model, "audio"),
+            args.dtype,
+            args.vocoder,
+            args.crop,
+        )
+        finished = finished_samples(targets, requests, planned)
+        if finished:
+            print(f"resuming: {len(finished)} of {len(requests)} samples are finished and kept", file=sys.stderr)
+        if len(finished) == len(requests):
+            return
 
     t0 = time.perf_counter()
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
@@ -121,14 +142,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
     context = SampleContext(model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop)
     truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
 
-    total = sum(r.steps for r in requests)
+    todo = [index for index in range(len(requests)) if index not in finished]
+    total = sum(requests[i].steps for i in todo)
     finishing = "decoding, vocoding, writing" + (", video" if args.video else "")
     with (
         tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr, position=0) as bar,
-        tqdm(total=len(requests), unit="sample", desc=finishing, disable=None, file=sys.stderr, position=1) as done,
+        tqdm(total=len(todo), unit="sample", desc=finishing, disable=None, file=sys.stderr, position=1) as done,
     ):
-        for result in sampler.generate(requests, progress=bar.update):
-            index = int(result.key)
+        for result in sampler.generate([requests[i] for i in todo], progress=bar.update):
+            index = todo[int(result.key)]  # keys are positions in the list generated
             record = sample_record(
                 result.request,
                 context,
@@ -143,7 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 )
             except VideoError as error:
                 raise CliError(f"the video of sample {index} failed: {error}") from None
-            write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
+            write_sample_dir(targets[index], artifacts, overwrite=args.overwrite or args.resume)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
             done.update(1)
     if args.overwrite:
