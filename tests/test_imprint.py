@@ -125,3 +125,22 @@ def test_imprint_bad_input_is_one_sentence(tmp_path, tiny_models, capsys, flags,
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_imprint_resume_makes_only_the_missing_samples(tiny_models, tmp_path, capsys):
+    import shutil
+
+    from tests.cli_helpers import run_main
+
+    out = tmp_path / "out"
+    args = ["imprint", *model_flags(tiny_models), "--image-prompt", "castle", "--audio-prompt", "bells"]
+    args += ["--image-steps", "2", "--audio-steps", "2", "--height", "64", "--width", "64", "--num-samples", "2"]
+    args += ["--vocoder", "griffinlim", "--out", str(out)]
+    assert run_main(capsys, *args).code == 0
+    kept = (out / "sample_000" / "image.png").stat().st_mtime_ns
+    shutil.rmtree(out / "sample_001")
+    outcome = run_main(capsys, *args, "--resume")
+    assert outcome.code == 0 and "1 of 2 samples are finished and kept" in outcome.err, outcome.err
+    assert (out / "sample_000" / "image.png").stat().st_mtime_ns == kept and (
+        out / "sample_001" / "audio.wav"
+    ).is_file()

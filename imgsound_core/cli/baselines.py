@@ -13,9 +13,11 @@ from imgsound_core.cli.common import (
     CliError,
     Subparsers,
     add_model_args,
+    add_resume_arg,
     add_sample_args,
     atomic_write_bytes,
     check_out_folder,
+    finished_samples,
     load_audio_bundle,
     load_vocoder,
     positive_int,
@@ -46,6 +48,7 @@ def add_imprint_parser(sub: Subparsers) -> None:
         "--no-invert", action="store_true", help="imprint the picture itself, not its inverse (bright attenuates)"
     )
     imprint.add_argument("--batch-size", type=positive_int, default=16, help="samples per UNet call [%(default)s]")
+    add_resume_arg(imprint)
     add_model_args(imprint)
 
 
@@ -78,8 +81,28 @@ def cmd_imprint(args: argparse.Namespace) -> None:
         check_crop(args.crop, request.width)
     except RequestError as error:
         raise CliError(str(error)) from None
-    targets = sample_targets(args.out, len(requests), args.overwrite)
+    if args.resume and args.overwrite:
+        raise CliError("--resume keeps finished samples and --overwrite replaces them: pass one of them")
+    targets = sample_targets(args.out, len(requests), args.overwrite, args.resume)
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
+    finished: set[int] = set()
+    if args.resume:
+        from imgsound_core.identity import identify_source
+
+        planned = SampleContext(
+            identify_source(args.image_model, "image"),
+            identify_source(args.audio_model, "audio"),
+            args.dtype,
+            args.vocoder,
+            args.crop,
+            method="imprint",
+        )
+        finished = finished_samples(targets, requests, planned)
+        if finished:
+            print(f"resuming: {len(finished)} of {len(requests)} samples are finished and kept", file=sys.stderr)
+        if len(finished) == len(requests):
+            return
+    todo = [index for index in range(len(requests)) if index not in finished]
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
     sampler = ImprintSampler(image, audio, load_vocoder(args.vocoder, audio_bundle=audio), args.batch_size)
@@ -87,10 +110,10 @@ def cmd_imprint(args: argparse.Namespace) -> None:
         model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop, method="imprint"
     )
     truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
-    total = sum(r.image_steps + r.audio_steps for r in requests)
+    total = sum(requests[i].image_steps + requests[i].audio_steps for i in todo)
     with tqdm(total=total, unit="step", desc="imprint", disable=None, file=sys.stderr) as bar:
-        for result in sampler.generate(requests, progress=bar.update):
-            index = int(result.key)
+        for result in sampler.generate([requests[i] for i in todo], progress=bar.update):
+            index = todo[int(result.key)]  # keys are positions in the list generated
             record = sample_record(
                 result.request,
                 context,
@@ -107,7 +130,7 @@ def cmd_imprint(args: argparse.Namespace) -> None:
                 crop=args.crop,
                 extra_pictures={"spectrogram_original.png": result.original_spectrogram},
             )
-            write_sample_dir(targets[index], artifacts, overwrite=args.overwrite)
+            write_sample_dir(targets[index], artifacts, overwrite=args.overwrite or args.resume)
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
     if args.overwrite:
         remove_stale_samples(args.out, len(requests))
