@@ -17,13 +17,13 @@ from imgsound_core.cli.common import (
     add_sample_args,
     atomic_write_bytes,
     check_out_folder,
-    finished_samples,
     load_audio_bundle,
     load_vocoder,
     positive_int,
     remove_stale_samples,
     sample_folder,
     sample_targets,
+    samples_to_make,
     warn_truncated_prompts,
 )
 
@@ -81,28 +81,11 @@ def cmd_imprint(args: argparse.Namespace) -> None:
         check_crop(args.crop, request.width)
     except RequestError as error:
         raise CliError(str(error)) from None
-    if args.resume and args.overwrite:
-        raise CliError("--resume keeps finished samples and --overwrite replaces them: pass one of them")
     targets = sample_targets(args.out, len(requests), args.overwrite, args.resume)
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
-    finished: set[int] = set()
-    if args.resume:
-        from imgsound_core.identity import identify_source
-
-        planned = SampleContext(
-            identify_source(args.image_model, "image"),
-            identify_source(args.audio_model, "audio"),
-            args.dtype,
-            args.vocoder,
-            args.crop,
-            method="imprint",
-        )
-        finished = finished_samples(targets, requests, planned)
-        if finished:
-            print(f"resuming: {len(finished)} of {len(requests)} samples are finished and kept", file=sys.stderr)
-        if len(finished) == len(requests):
-            return
-    todo = [index for index in range(len(requests)) if index not in finished]
+    todo = samples_to_make(args, targets, requests, "imprint")
+    if not todo:
+        return
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
     sampler = ImprintSampler(image, audio, load_vocoder(args.vocoder, audio_bundle=audio), args.batch_size)

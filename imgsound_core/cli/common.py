@@ -214,6 +214,8 @@ def stale_sample_folders(out: Path, count: int) -> list[Path]:
 def sample_targets(out: Path, count: int, overwrite: bool, resume: bool = False) -> list[Path]:
     """The folders of `count` new samples in OUT; checked before any model loads, so that a run never spends
     minutes loading weights only to refuse its output folder."""
+    if resume and overwrite:
+        raise CliError("--resume keeps finished samples and --overwrite replaces them: pass one of them")
     targets = [sample_folder(out, index) for index in range(count)]
     check_out_folder(out)
     existing = [target for target in targets if target.exists()]
@@ -232,6 +234,27 @@ def add_resume_arg(parser: argparse.ArgumentParser) -> None:
         help="keep the sample folders in OUT that hold exactly the sample this command would make (same id: same "
         "request, models, dtype, vocoder, crop) and make only the missing ones, e.g. after Ctrl-C",
     )
+
+
+def samples_to_make(args: argparse.Namespace, targets: list[Path], requests: list, method: str) -> list[int]:
+    """The indices of the samples this run must make: all of them, or with --resume those whose folder does not
+    already hold this very sample (identified from the model folders, before any weights load)."""
+    if not args.resume:
+        return list(range(len(requests)))
+    from imgsound_core.identity import SampleContext, identify_source
+
+    planned = SampleContext(
+        identify_source(args.image_model, "image"),
+        identify_source(args.audio_model, "audio"),
+        args.dtype,
+        args.vocoder,
+        args.crop,
+        method=method,
+    )
+    finished = finished_samples(targets, requests, planned)
+    if finished:
+        print(f"resuming: {len(finished)} of {len(requests)} samples are finished and kept", file=sys.stderr)
+    return [index for index in range(len(requests)) if index not in finished]
 
 
 def finished_samples(targets: list[Path], requests: list, context) -> set[int]:

@@ -12,12 +12,12 @@ from imgsound_core.cli.common import (
     add_model_args,
     add_resume_arg,
     add_sample_args,
-    finished_samples,
     load_audio_bundle,
     load_vocoder,
     positive_int,
     remove_stale_samples,
     sample_targets,
+    samples_to_make,
     warn_truncated_prompts,
 )
 
@@ -102,8 +102,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     requests = request.expand(args.num_samples)
     check_crop(args.crop, request.width)
-    if args.resume and args.overwrite:
-        raise CliError("--resume keeps finished samples and --overwrite replaces them: pass one of them")
     targets = sample_targets(args.out, len(requests), args.overwrite, args.resume)
 
     from tqdm import tqdm
@@ -116,22 +114,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype)
-    finished: set[int] = set()
-    if args.resume:
-        from imgsound_core.identity import identify_source
-
-        planned = SampleContext(
-            identify_source(args.image_model, "image"),
-            identify_source(args.audio_model, "audio"),
-            args.dtype,
-            args.vocoder,
-            args.crop,
-        )
-        finished = finished_samples(targets, requests, planned)
-        if finished:
-            print(f"resuming: {len(finished)} of {len(requests)} samples are finished and kept", file=sys.stderr)
-        if len(finished) == len(requests):
-            return
+    todo = samples_to_make(args, targets, requests, "denoise")
+    if not todo:
+        return
 
     t0 = time.perf_counter()
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
@@ -142,7 +127,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     context = SampleContext(model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop)
     truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
 
-    todo = [index for index in range(len(requests)) if index not in finished]
     total = sum(requests[i].steps for i in todo)
     finishing = "decoding, vocoding, writing" + (", video" if args.video else "")
     with (
