@@ -4,6 +4,7 @@ bad values that used to fail only after the work, hostile Range headers and corr
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -37,11 +38,16 @@ def raw_request(service, head: bytes, body: bytes = b"", timeout: float = 30) ->
     with socket.create_connection((url.hostname, url.port), timeout=timeout) as sock:
         sock.sendall(head + body)
         answer = b""
-        while b"\r\n\r\n" not in answer or len(answer) < answer.index(b"\r\n\r\n") + 4:
+        while True:  # the headers, then as many body bytes as Content-Length says
             chunk = sock.recv(65536)
             if not chunk:
                 break
             answer += chunk
+            if b"\r\n\r\n" in answer:
+                headers, _, content = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", headers)
+                if length is None or len(content) >= int(length.group(1)):
+                    break
     return int(answer.split(b" ", 2)[1]), answer
 
 
