@@ -47,7 +47,10 @@ class Limits(BaseModel):
     )
     body_timeout_s: float = Field(default=10.0, gt=0, description="a body not received in full by then is a 408")
     max_body_reads_per_client: int = Field(
-        default=8, ge=1, description="bodies one client address may be sending to one Driver replica at once (429)"
+        default=64,
+        ge=1,
+        description="bodies one client address may be sending to one Driver replica at once (429); a quarter of "
+        "the Driver's max_ongoing_requests, so that one client's slow bodies cannot hold every slot",
     )
     admission_ticket_ttl_s: float = Field(
         default=3600.0, gt=0, description="a request's admission expires after this (its Driver replica died)"
