@@ -271,13 +271,15 @@ class Driver:
     async def _generate(self, body: GenerateBody, requests, key_label: str | None) -> GenerateResponse:
         info = await self.model_info()
         context = self._context(info, body)
-        truncated = await self._truncation(requests[0])  # the prompts are the same for every sample
         ticket = await self._admit(key_label, len(requests))
+        # The prompts are the same for every sample; their length check runs beside the denoising, not before it.
+        truncation = asyncio.create_task(self._truncation(requests[0]))
         self.samples_in_flight += len(requests)
         self.metrics.samples_in_flight.set(self.samples_in_flight)
         try:
             t0 = time.perf_counter()
             latents = await self._denoise(requests, info)
+            truncated = await truncation
             t1 = time.perf_counter()
             work = sum(request_work(request) for request in requests)
             decode_s = self.args.resilience.decode_timeout_s
@@ -314,6 +316,7 @@ class Driver:
             if isinstance(rendered, StoreError):
                 raise rendered
         finally:
+            truncation.cancel()  # done by now, unless the request failed before it was awaited
             self.samples_in_flight -= len(requests)
             self.metrics.samples_in_flight.set(self.samples_in_flight)
             self._release(ticket)
