@@ -1,6 +1,7 @@
 """How the sweep's bookkeeping grows with its size: planning, consolidation and the scores' merge.
 
-Writes a finished sweep's bookkeeping synthetically into a local store — one manifest part per batch of
+Writes a finished sweep's bookkeeping synthetically into a local folder or an S3 bucket (moto's S3 server on
+loopback, started here) — one manifest part per batch of
 `--batch-size` samples and one score part each, as the workers and the scoring stage write them (no models run) —
 then times, for each size:
 
@@ -12,6 +13,7 @@ then times, for each size:
 - plan again once manifest.parquet exists (a resubmit after consolidation still lists and reads the parts).
 
     python bench/bench_manifest.py --sizes 1000 10000 100000 --json bench/results/cpu-manifest.json
+    python bench/bench_manifest.py --store s3 --sizes 1000 10000 --json bench/results/cpu-manifest-moto.json
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from imgsound_core.identity import ModelIdentity  # noqa: E402
 from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows  # noqa: E402
 from jobs.score import SCORE_SCHEMA, SCORES_PREFIX, apply_scores, read_scores  # noqa: E402
 from jobs.spec import SweepModels, SweepSpec, expand  # noqa: E402
-from jobs.store import LocalStore  # noqa: E402
+from jobs.store import LocalStore, open_store  # noqa: E402
 from jobs.sweep import finalize, plan  # noqa: E402
 
 MODELS = SweepModels(ModelIdentity.of_hub("org/image", "1" * 40), ModelIdentity.of_hub("org/audio", "2" * 40))
@@ -52,7 +54,7 @@ def spec_of(size: int, batch_size: int) -> SweepSpec:
     )
 
 
-def write_bookkeeping(store: LocalStore, points, batch_size: int) -> int:
+def write_bookkeeping(store, points, batch_size: int) -> int:
     """One manifest part and one score part per batch, as a finished, scored sweep leaves them."""
     parts = 0
     for start in range(0, len(points), batch_size):
@@ -88,9 +90,9 @@ def timed(action):
     return time.perf_counter() - started, result
 
 
-def measure(size: int, batch_size: int) -> dict[str, float]:
+def measure(size: int, batch_size: int, make_store) -> dict[str, float]:
     spec = spec_of(size, batch_size)
-    store = LocalStore(Path(tempfile.mkdtemp()) / "sweep")
+    store = make_store(size)
     expand_s, points = timed(lambda: expand(spec, MODELS))
     write_s, parts = timed(lambda: write_bookkeeping(store, points, batch_size))
     plan_s, (_, batches) = timed(lambda: plan(spec, store, MODELS))
@@ -116,19 +118,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--store", choices=("local", "s3"), default="local")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = []
-    for size in args.sizes:
-        entry = measure(size, args.batch_size)
-        results.append(entry)
-        print(json.dumps(entry), flush=True)
+    server = None
+    if args.store == "s3":
+        import os
+
+        import boto3
+
+        from tests.s3_server import MotoServer
+
+        server = MotoServer().start()
+        os.environ.update(server.env())
+        client = boto3.client("s3")
+
+        def make_store(size: int):
+            client.create_bucket(Bucket=f"bench-{size}")
+            return open_store(f"s3://bench-{size}/sweep")
+    else:
+
+        def make_store(size: int):
+            return LocalStore(Path(tempfile.mkdtemp()) / "sweep")
+
+    try:
+        for size in args.sizes:
+            entry = {"store": args.store, **measure(size, args.batch_size, make_store)}
+            results.append(entry)
+            print(json.dumps(entry), flush=True)
+    finally:
+        if server is not None:
+            server.stop()
     if args.json:
-        machine = f"{platform.machine()}, 2-core container, local disk"
+        where = "moto's S3 server on loopback" if args.store == "s3" else "local disk"
+        machine = f"{platform.machine()}, 2-core container, {where}"
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
 
 
-def read_scores_table(store: LocalStore):
+def read_scores_table(store):
     from jobs.manifest import MANIFEST_FILE, read_parquet_bytes
 
     return read_parquet_bytes(store.get_bytes(MANIFEST_FILE))
