@@ -88,6 +88,8 @@ class AdmissionControl:
         self.max_samples_in_flight = max_samples_in_flight
         self.samples_per_minute = samples_per_minute
         self.burst = None if samples_per_minute is None else burst or max(1, math.ceil(samples_per_minute))
+        # Tokens refilled per second; only read when there is a rate limit (burst is not None).
+        self.rate_per_s = (samples_per_minute or 0.0) / 60.0
         self.ticket_ttl_s = ticket_ttl_s
         self.queue_retry_after_s = queue_retry_after_s
         self.max_buckets = max_buckets
@@ -125,7 +127,7 @@ class AdmissionControl:
 
             tokens = self._tokens(key, now)
             if tokens is not None and tokens + _TOKEN_EPSILON < samples:
-                wait = (samples - tokens) / self._rate_per_s()
+                wait = (samples - tokens) / self.rate_per_s
                 return Decision(
                     False,
                     reason="rate_limited",
@@ -170,10 +172,6 @@ class AdmissionControl:
                 "buckets": len(self._buckets),
             }
 
-    def _rate_per_s(self) -> float:
-        assert self.samples_per_minute is not None
-        return self.samples_per_minute / 60.0
-
     def _tokens(self, key: str | None, now: float) -> float | None:
         """Tokens in `key`'s bucket now (a missing bucket is full); None when there is no rate limit."""
         if self.burst is None:
@@ -182,7 +180,7 @@ class AdmissionControl:
         if bucket is None:
             return float(self.burst)
         elapsed = max(0.0, now - bucket.updated_at)
-        return min(float(self.burst), bucket.tokens + elapsed * self._rate_per_s())
+        return min(float(self.burst), bucket.tokens + elapsed * self.rate_per_s)
 
     def _drop_full_buckets(self, now: float) -> None:
         # Oldest first, stopping at the first one still refilling: amortized O(1) per admit.
