@@ -216,7 +216,6 @@ def test_score_never_goes_to_the_network_for_a_missing_scorer(tiny_models, tmp_p
     import os
     import subprocess
     import sys
-    import time
 
     from imgsound_core.cli import main
 
@@ -226,7 +225,6 @@ def test_score_never_goes_to_the_network_for_a_missing_scorer(tiny_models, tmp_p
     assert main(["generate", *flags, "--height", "64", "--width", "64", "--out", str(out)]) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "IMGSOUND_MODELS_DIR")}
     env.update(HF_HUB_CACHE=str(tmp_path / "empty-cache"), HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path))
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "imgsound_core.cli", "score", str(out)], env=env, capture_output=True, text=True
     )
@@ -234,4 +232,3 @@ def test_score_never_goes_to_the_network_for_a_missing_scorer(tiny_models, tmp_p
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgsound: error: The CLIP scorer 'openai/clip-vit-base-patch16'")
     assert "imgsound download DIR --scorers" in lines[0] and "Retrying" not in done.stderr
-    assert time.monotonic() - started < 60  # no retry loop behind it (the old one spent about 4 minutes)

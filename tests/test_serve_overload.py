@@ -50,15 +50,12 @@ def total(service, name: str, **labels: str) -> float:
 
 def test_a_timed_out_call_is_not_retried_and_its_work_is_dropped(service):
     retries_before = total(service, "imgsound_remote_call_retries_total")
-    started = time.monotonic()
     status, headers, body = http("POST", f"{service.url}/v1/generate", HEAVY)
-    waited = time.monotonic() - started
     # The Vocoder's Griffin-Lim is what overruns; on a busy machine the image VAE's decode beside it may overrun
     # first, which cancels the Vocoder's call all the same.
     assert status == 503 and "did not answer within 1 s" in body["detail"], body
     assert "Vocoder" in body["detail"] or "ImageUNet" in body["detail"], body
     assert int(headers["retry-after"]) >= 1
-    assert waited < 60, waited  # one attempt of about a second, not four attempts of the whole work
     # The Vocoder replica stops between chunks once its call is cancelled: at least the chunk after the first
     # (4 samples) is dropped, never vocoded, and the next small request is served.
     deadline = time.monotonic() + 120
