@@ -277,9 +277,13 @@ def read_mp4_tags(path: str | Path) -> dict[str, str]:
     checks that the file is a video it can open; `ProvenanceError` otherwise."""
     import subprocess
 
-    import imageio_ffmpeg
+    from imgsound_core.video import VideoError, ffmpeg_exe
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    try:
+        executable = ffmpeg_exe()
+    except VideoError as error:
+        raise ProvenanceError(str(error)) from None
+    command = [executable, "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
     done = subprocess.run(command, capture_output=True, timeout=60, check=False)
     if done.returncode != 0:
         raise ProvenanceError(f"{path} is not a video ffmpeg can read")

@@ -80,6 +80,13 @@ def manifest_rows(store: Store, manifest_key: str | None) -> list[dict[str, Any]
     return None
 
 
+def sample_folders(keys: list[str]) -> list[str]:
+    """The sample folders among a store's keys: those holding a `sample.json`, sorted; hidden (`.`) and internal
+    (`_probe/`) folders left out."""
+    prefixes = {key.rpartition("/")[0] for key in keys if key.endswith("/sample.json")}
+    return sorted(p for p in prefixes if p and not any(part.startswith((".", "_")) for part in p.split("/")))
+
+
 def collect_store_samples(store: Store, manifest_key: str | None = None, workers: int = 16) -> list[GallerySample]:
     """The samples of a store: a sweep's (manifest rows, files under `samples/<id>/`) or, with no manifest, a server
     output store's (`<id>/sample.json` folders, read concurrently); GalleryError if none."""
@@ -97,8 +104,7 @@ def collect_store_samples(store: Store, manifest_key: str | None = None, workers
             GallerySample(record_from_manifest_row(row, key), StoreFiles(store, f"samples/{row['sample_id']}"))
             for row, key in zip(rows, keys)
         ]
-    prefixes = sorted({key.rpartition("/")[0] for key in store.list() if key.endswith("/sample.json")})
-    prefixes = [p for p in prefixes if not any(part.startswith((".", "_")) for part in p.split("/"))]
+    prefixes = sample_folders(store.list())
     if not prefixes:
         raise GalleryError(f"{store.uri} holds no samples (no manifest.parquet, no manifest parts, no sample.json)")
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:  # S3: one GET each, latency-bound

@@ -37,7 +37,7 @@ from imgsound_core.gallery import (
     static_asset,
     unique_keys,
 )
-from jobs.gallery import StoreFiles
+from jobs.gallery import StoreFiles, sample_folders
 
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".webp": "image/webp", ".jpg": "image/jpeg"}
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
@@ -91,9 +91,7 @@ class StoreGallery:
         Returns whether the set of samples changed. Store failures propagate (StoreError) and leave the last
         listing in place.
         """
-        keys = self.store.list()
-        prefixes = {key.rpartition("/")[0] for key in keys if key.endswith("/sample.json")}
-        prefixes = {p for p in prefixes if p and not any(part.startswith((".", "_")) for part in p.split("/"))}
+        prefixes = set(sample_folders(self.store.list()))
         with self._lock:
             known = set(self._records) | set(self._bad)
         new = sorted(prefixes - known)

@@ -36,18 +36,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-DTYPE_NAMES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "float32": "fp32", "float16": "fp16"}
-DTYPE_NAMES["bfloat16"] = "bf16"
-
-
 def dtype_arg(text: str) -> str:
     """argparse type of --dtype: fp32, fp16, bf16, or torch's own names for them (float32, float16, bfloat16)."""
-    try:
-        return DTYPE_NAMES[text.lower().removeprefix("torch.")]
-    except KeyError:
-        raise argparse.ArgumentTypeError(
-            f"expected fp32, fp16 or bf16 (or float32, float16, bfloat16), got {text!r}"
-        ) from None
+    from imgsound_core.identity import dtype_name  # the one spelling sample ids use
+
+    name = dtype_name(text.lower())
+    if name not in ("fp32", "fp16", "bf16"):
+        raise argparse.ArgumentTypeError(f"expected fp32, fp16 or bf16 (or float32, float16, bfloat16), got {text!r}")
+    return name
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
