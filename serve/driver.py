@@ -37,7 +37,8 @@ from serve.admission import Decision
 from serve.api import GenerateBody, GenerateResponse, Health, SampleOut
 from serve.auth import ApiKeys
 from serve.config import AppArgs
-from serve.gallery import ASSET_TYPES, NotFound, RangeNotSatisfiable, byte_range
+from serve.gallery import NotFound, RangeNotSatisfiable, byte_range
+from serve.gallery import asset as gallery_file
 from serve.metrics import DriverMetrics, fetch, node_metrics_urls, service_exposition
 
 logger = logging.getLogger("ray.serve")
@@ -520,8 +521,8 @@ class Driver:
         self._authenticate(request)
         if not await self._call("Gallery", self.gallery.enabled):
             raise HTTPException(status_code=404, detail="this server has no output store, so there is no gallery")
-        from imgsound_core.gallery import STATIC_ASSETS, static_asset
-
-        if asset not in STATIC_ASSETS:
-            raise HTTPException(status_code=404, detail=f"the gallery has no file {asset!r}")
-        return Response(content=static_asset(asset), media_type=ASSET_TYPES[asset[asset.rindex(".") :]])
+        try:
+            content, media_type = gallery_file(asset)
+        except NotFound as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+        return Response(content=content, media_type=media_type)

@@ -54,6 +54,13 @@ class RangeNotSatisfiable(Exception):
     """416: the requested byte range is outside the file."""
 
 
+def asset(name: str) -> tuple[bytes, str]:
+    """The page's own files (index.html, gallery.js, gallery.css) and their media types; nothing else."""
+    if name not in STATIC_ASSETS:
+        raise NotFound(f"the gallery has no file {name!r}")
+    return static_asset(name), ASSET_TYPES[name[name.rindex(".") :]]
+
+
 class StoreGallery:
     """Serves a server output store's samples (`<sample_id>/sample.json` folders) to the gallery page. Thread-safe."""
 
@@ -72,12 +79,6 @@ class StoreGallery:
         self._listed_at = -float("inf")
         self._refreshing = threading.Lock()
         self._thumbnails: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-
-    def asset(self, name: str) -> tuple[bytes, str]:
-        """index.html, gallery.js or gallery.css."""
-        if name not in STATIC_ASSETS:
-            raise NotFound(f"the gallery has no file {name!r}")
-        return static_asset(name), ASSET_TYPES[name[name.rindex(".") :]]
 
     @property
     def bad_records(self) -> dict[str, str]:

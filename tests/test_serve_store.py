@@ -82,8 +82,11 @@ def test_the_store_gallery_lists_serves_and_refreshes(tmp_path):
         gallery.media("cccc", "audio")
     with pytest.raises(NotFound, match="unknown media role"):
         gallery.media("aaaa", "secrets")
+    from serve.gallery import asset
+
     with pytest.raises(NotFound):
-        gallery.asset("../pyproject.toml")
+        asset("../pyproject.toml")
+    assert asset("index.html")[1].startswith("text/html")
 
 
 @pytest.mark.parametrize(
