@@ -7,7 +7,8 @@ Scores are written as parts, `scores/part-<hash of the batch's sample ids>.parqu
 after they are computed; a retried batch rewrites its own part. Rows that a part already covers are never scored
 again, and `apply_scores` fills the manifest's score columns from the parts, so re-running after a kill or an
 outage finishes the work without scoring anything twice. Scorers read each sample's `spectrogram.png` and
-`audio.wav` from the store, as the paper's evaluator reads `spec.png` and `audio.wav`.
+`audio.wav`, as the paper's evaluator reads `spec.png` and `audio.wav`: in a sweep, the bytes its pipeline has just
+written (jobs/pipeline.py); here, for rows left unscored, from the store.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from jobs.spec import Scoring
 from jobs.store import Store, StoreError, open_store
 
 SCORES_PREFIX = "scores/"
+# What a scorer reads of a sample: the paper's evaluator reads `spec.png` and `audio.wav`.
+SCORED_FILES = ("spectrogram.png", "audio.wav")
 SCORE_COLUMNS = ("clip_score", "clap_score", "cycle_mae", "cycle_correlation")
 SCORE_SCHEMA = pa.schema(
     [pa.field("sample_id", pa.string(), nullable=False)]
@@ -60,15 +63,25 @@ class ScoreWorker:
         self.scorer = SampleScorer(self.scoring.clip, self.scoring.clap, device=device)
 
     def run(self, rows: list[dict[str, str]]) -> dict[str, Any]:
-        """Score `rows` (dicts of sample_id, image_prompt, audio_prompt); returns `{"part", "sample_ids"}`."""
+        """Score `rows` (dicts of sample_id, image_prompt, audio_prompt), reading each sample's files from the
+        store; returns `{"part", "sample_ids"}`."""
+        files = [
+            {name: self.store.get_bytes(f"samples/{row['sample_id']}/{name}") for name in SCORED_FILES} for row in rows
+        ]
+        return self.score_files(rows, files)
+
+    def score_files(self, rows: Sequence[dict[str, str]], files: Sequence[dict[str, bytes]]) -> dict[str, Any]:
+        """Score `rows` from their files' bytes (`SCORED_FILES` of each sample, as stored) and store the part.
+
+        The sweep's pipeline hands over the bytes it has just written, so nothing is read back; the scores are the
+        ones `run` gives, since both decode the same bytes.
+        """
         from imgsound_core.scoring import decode_spectrogram_png, decode_wav
 
         spectrograms, waveforms, rates = [], [], []
-        for row in rows:
-            spectrograms.append(
-                decode_spectrogram_png(self.store.get_bytes(f"samples/{row['sample_id']}/spectrogram.png"))
-            )
-            waveform, rate = decode_wav(self.store.get_bytes(f"samples/{row['sample_id']}/audio.wav"))
+        for sample in files:
+            spectrograms.append(decode_spectrogram_png(sample["spectrogram.png"]))
+            waveform, rate = decode_wav(sample["audio.wav"])
             waveforms.append(waveform)
             rates.append(rate)
         scores: list[dict[str, Any]] = [{} for _ in rows]

@@ -85,7 +85,10 @@ class SweepSpec(BaseModel):
     video: bool = Field(default=False, description="also write video.mp4 per sample (the playhead video)")
     output: str | None = Field(default=None, description="default output URI; --output overrides")
     batch_size: int = Field(default=16, ge=1, le=256, description="samples per worker call (one UNet batch)")
-    workers: int | None = Field(default=None, ge=1, description="worker actors; default: one per GPU, else 1")
+    workers: int | None = Field(default=None, ge=1, description="generating actors; default: one per GPU, else 1")
+    writers: int | None = Field(
+        default=None, ge=1, le=256, description="most actors encoding and uploading; default: 2 per generating actor"
+    )
     scoring: Scoring | None = Field(default=None, description="score every sample after generation (`scoring: {}`)")
 
     @field_validator("scoring", mode="before")

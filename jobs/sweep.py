@@ -4,10 +4,11 @@
     python -m jobs.sweep jobs/specs/tiny.yaml --output results/tiny          # one machine, a local Ray
 
 Before any work: the spec is validated and the store proven writable. Then the grid is expanded (stable ids),
-points already in the manifest are skipped, and the rest is spread in batches over a Ray actor pool (one worker per
-GPU by default) — Ray places the actors across the cluster. At the end the parts are consolidated into
-`URI/manifest.parquet` with exactly one row per grid point; with `scoring:` in the spec, every row then gets its
-CLIP/CLAP scores and cycle check (jobs/score.py). Exit status: 0 done, 1 failed during the run (the
+points already in the manifest are skipped, and the rest flows in batches through a streaming pipeline on Ray Data
+(jobs/pipeline.py: generate on one actor per GPU by default, encode + upload, and with `scoring:` score, all at
+once) — Ray places the actors across the cluster. At the end the parts are consolidated into `URI/manifest.parquet`
+with exactly one row per grid point and the scores merged into it (rows an earlier run left unscored are scored
+then, jobs/score.py). Exit status: 0 done, 1 failed during the run (the
 message says why; resubmitting resumes), 2 bad spec/URI/store before any work.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from imgsound_core.models.bundle import ModelNotAvailableError
 from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, consolidate, parquet_bytes, read_parquet_bytes
+from jobs.pipeline import point_payload  # noqa: F401 - re-exported for in-process runs
 from jobs.spec import GridPoint, SpecError, SweepModels, SweepSpec, expand, load_spec
 from jobs.store import Store, StoreError, open_store
 
@@ -94,15 +96,6 @@ def _use_gpu(spec: SweepSpec) -> bool:
     return int(ray.cluster_resources().get("GPU", 0)) > 0 and spec.models.device != "cpu"
 
 
-def point_payload(point: GridPoint) -> dict[str, Any]:
-    return {
-        "sample_id": point.sample_id,
-        "pair_index": point.pair_index,
-        "sample_index": point.sample_index,
-        "request": point.request.to_dict(),
-    }
-
-
 def plan(
     spec: SweepSpec, store: Store, models: SweepModels | None = None
 ) -> tuple[list[GridPoint], list[list[GridPoint]]]:
@@ -126,11 +119,7 @@ def worker_options(use_gpu: bool) -> dict[str, Any]:
     started with `AWS_PROFILE=…`/`AWS_ENDPOINT_URL=…` writes where it was told to on every node; credentials never
     travel this way (see FORWARDED_ENV).
     """
-    env_vars = {
-        k: v
-        for k, v in os.environ.items()
-        if (k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")) and k not in SECRET_ENV
-    }
+    env_vars = forwarded_env()
     return {
         "num_gpus": 1 if use_gpu else 0,
         "num_cpus": 1,
@@ -140,29 +129,30 @@ def worker_options(use_gpu: bool) -> dict[str, Any]:
     }
 
 
+def forwarded_env() -> dict[str, str]:
+    """The storage and model-location settings of this process that workers get (never credentials)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k in FORWARDED_ENV or k.startswith("IMGSOUND_S3_")) and k not in SECRET_ENV
+    }
+
+
 def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | None, workers: int | None) -> None:
+    """Generate, write (and with `scoring:`, score) `batches` through the streaming pipeline of jobs/pipeline.py."""
     import ray
-    from ray.util import ActorPool
     from tqdm import tqdm
 
-    from jobs.worker import SweepWorker
+    from jobs.pipeline import run_pipeline, sweep_dataset
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = _use_gpu(spec)
-    count = workers or spec.workers or max(1, gpus if use_gpu else 1)
-    count = min(count, len(batches))
-    remote = ray.remote(**worker_options(use_gpu))(SweepWorker)
-    threads = int(os.environ.get("IMGSOUND_WORKER_THREADS", "0")) or None
-    actors = [remote.remote(spec.model_dump(), output_uri, endpoint_url, threads) for _ in range(count)]
-    pool = ActorPool(actors)
+    count = min(workers or spec.workers or max(1, gpus if use_gpu else 1), len(batches))
+    dataset = sweep_dataset(spec, batches, output_uri, endpoint_url, count, use_gpu, forwarded_env())
     total = sum(len(b) for b in batches)
     with tqdm(total=total, unit="sample", desc=f"sweep {spec.name}", file=sys.stderr, mininterval=1.0) as bar:
-        for result in pool.map_unordered(
-            lambda actor, batch: actor.run.remote([point_payload(p) for p in batch]), batches
-        ):
-            bar.update(len(result["sample_ids"]))
-    for actor in actors:  # free their models (and GPUs) for a scoring stage or the next sweep
-        ray.kill(actor)
+        for _ in run_pipeline(dataset, bar.update):
+            pass
 
 
 def finalize(store: Store, points: list[GridPoint]) -> int:
@@ -185,8 +175,15 @@ def finalize(store: Store, points: list[GridPoint]) -> int:
 
 
 def _root_cause(error: BaseException) -> BaseException:
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, BaseException) else error
+    """The exception our code raised, under Ray's wrappers (a task error's `cause`; Ray Data's UserCodeException
+    raised `from` it)."""
+    from_ray = type(error).__module__.startswith("ray.")
+    cause = getattr(error, "cause", None) if from_ray else None
+    if isinstance(cause, BaseException) and cause is not error:
+        return _root_cause(cause)
+    if from_ray and isinstance(error.__cause__, BaseException):
+        return _root_cause(error.__cause__)
+    return error
 
 
 def failure_sentence(error: BaseException) -> str:

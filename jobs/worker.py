@@ -1,8 +1,12 @@
-"""A sweep worker: generates batches of grid points with the core sampler and writes them to the store.
+"""A sweep's two kinds of work on a batch of grid points: generating (models, the accelerator) and writing (files).
 
-Plain Python (the sweep wraps it in a Ray actor). Per batch: generate every sample in one batched pass, write each
-sample's artifacts (`samples/<sample_id>/…`, `sample.json` last), then the batch's manifest part — so a manifest
-row never names a file that is not there.
+Plain Python; the sweep runs them as stages of one streaming pipeline (jobs/pipeline.py), so the accelerator
+generates the next batch while the previous one is encoded and uploaded.
+
+- `SweepWorker.generate(points)` → `GeneratedBatch`: every sample of the batch in one batched pass, with its
+  record (sample id, settings, model identities, timings) and its manifest row, less the files' URIs.
+- `SampleWriter.write(batch)`: each sample's artifacts (`samples/<sample_id>/…`, `sample.json` last), then the
+  batch's manifest part — so a manifest row never names a file that is not there.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from imgsound_core.artifacts import render_artifacts
@@ -46,11 +53,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class GeneratedSample:
+    """One generated sample on its way to storage. Arrays are float32 numpy (they cross processes as they are).
+
+    Attributes:
+        point: the grid point's payload (sample_id, pair_index, sample_index, request).
+        record: `sample.json`'s content (`imgsound_core.identity.sample_record`).
+        row: the sample's manifest row without the artifact URIs and the write time.
+        image: `(3, H, W)` in [0, 1]; spectrogram: `(H, W)` in [0, 1]; waveform: `(W · 160,)` at 16 kHz.
+        pictures: further spectrogram pictures by file name (imprint: the spectrogram before the imprint).
+    """
+
+    point: dict[str, Any]
+    record: dict[str, Any]
+    row: dict[str, Any]
+    image: np.ndarray
+    spectrogram: np.ndarray
+    waveform: np.ndarray
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class GeneratedBatch:
+    """A batch of generated samples, in the order of the batch's points (`points` names them all)."""
+
+    points: list[dict[str, Any]]
+    samples: list[GeneratedSample]
+
+
 class SweepWorker:
-    """Holds both models and the vocoder; `run(points)` generates and stores one batch."""
+    """Holds both models and the vocoder; `generate(points)` makes one batch, `run(points)` also stores it."""
 
     def __init__(
-        self, spec: dict[str, Any], output_uri: str, endpoint_url: str | None = None, torch_threads: int | None = None
+        self,
+        spec: dict[str, Any],
+        output_uri: str | None = None,
+        endpoint_url: str | None = None,
+        torch_threads: int | None = None,
     ) -> None:
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -58,7 +98,7 @@ class SweepWorker:
 
         quiet_libraries()
         self.spec = SweepSpec.model_validate(spec)
-        self.store = open_store(output_uri, endpoint_url=endpoint_url)
+        self.writer = SampleWriter(spec, output_uri, endpoint_url) if output_uri is not None else None
         self.device = resolve_device(self.spec.models.device)
         dtype = parse_dtype(self.spec.models.dtype)
         models, method = self.spec.models, self.spec.method
@@ -86,9 +126,15 @@ class SweepWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, points: list[dict[str, Any]]) -> dict[str, Any]:
-        """Generate `points` (dicts of sample_id, pair_index, sample_index, request) and store them.
+        """Generate `points` and store them (the worker needs an `output_uri`): `{"part", "sample_ids"}`."""
+        if self.writer is None:
+            raise RuntimeError("this worker has no store: pass output_uri to store what it generates")
+        return self.writer.write(self.generate(points))
 
-        Returns `{"part": key, "sample_ids": [...]}`. Idempotent: a retried batch rewrites the same files.
+    def generate(self, points: list[dict[str, Any]]) -> GeneratedBatch:
+        """Generate `points` (dicts of sample_id, pair_index, sample_index, request), in one batched pass.
+
+        Refuses the whole batch, before any work, if a point's id is not the one these models give it.
         """
         request_type = REQUEST_TYPES[self.spec.method]
         requests = [request_type.from_dict(p["request"]) for p in points]
@@ -101,13 +147,8 @@ class SweepWorker:
                     f"this worker's models ({self.context.image_model.key}, {self.context.audio_model.key}) are "
                     f"not the ones the sweep was planned with (sample {point['sample_id']} would be {own})"
                 )
-        rows = []
-        for result in self._generate(requests):
-            point = points[int(result.key)]
-            rows.append(self._store_sample(point, result))
-        part = batch_part_key(p["sample_id"] for p in points)
-        self.store.put_bytes(part, parquet_bytes(table_from_rows(rows)))
-        return {"part": part, "sample_ids": [r["sample_id"] for r in rows]}
+        samples = [self._sample(points[int(result.key)], result) for result in self._generate(requests)]
+        return GeneratedBatch(points=points, samples=samples)
 
     def _generate(self, requests: list) -> Iterator[Any]:
         """Results with `key`, `request`, `image`, `spectrogram`, `waveform`, `timings_s`, whatever the method."""
@@ -131,7 +172,7 @@ class SweepWorker:
                 timings_s={"denoise": optimised - started, "decode": 0.0, "vocode": time.perf_counter() - optimised},
             )
 
-    def _store_sample(self, point: dict[str, Any], result) -> dict[str, Any]:
+    def _sample(self, point: dict[str, Any], result) -> GeneratedSample:
         spec, request = self.spec, result.request
         record = sample_record(
             request,
@@ -142,27 +183,11 @@ class SweepWorker:
             extra={"sweep": spec.name, "pair_index": point["pair_index"]},
             prompt_tokens_dropped=prompt_truncation(request, self.image.tokenizer, self.audio.tokenizer),
         )
-        sample_id = record["sample_id"]
         settings = request.to_dict()
-        original = getattr(result, "original_spectrogram", None)  # imprint: the spectrogram before the imprint
-        artifacts = render_artifacts(
-            result.image,
-            result.spectrogram,
-            result.waveform,
-            record,
-            crop=spec.crop,
-            extra_pictures={"spectrogram_original.png": original} if original is not None else None,
-            video=spec.video,
-        )
-        uris = {}
-        for name in [n for n in artifacts if n != "sample.json"] + ["sample.json"]:  # sample.json last: complete
-            uri = self.store.put_bytes(f"samples/{sample_id}/{name}", artifacts[name])
-            if name in URI_COLUMNS:
-                uris[URI_COLUMNS[name]] = uri
-        return {
+        row = {
             **{column: None for column in COLUMNS},
             **{k: v for k, v in settings.items() if k in COLUMNS},
-            "sample_id": sample_id,
+            "sample_id": record["sample_id"],
             "sweep": spec.name,
             "method": spec.method,
             "settings_json": json.dumps(settings, sort_keys=True),
@@ -176,11 +201,87 @@ class SweepWorker:
             "audio_model_revision": self.audio.revision,
             "dtype": spec.models.dtype,
             "device": str(self.device),
-            **uris,
             "denoise_s": result.timings_s["denoise"],
             "decode_s": result.timings_s["decode"],
             "vocode_s": result.timings_s["vocode"],
             "status": "ok",
             "worker": self.name,
-            "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
+        original = getattr(result, "original_spectrogram", None)  # imprint: the spectrogram before the imprint
+        return GeneratedSample(
+            point=point,
+            record=record,
+            row=row,
+            image=_array(result.image),
+            spectrogram=_array(result.spectrogram),
+            waveform=_array(result.waveform),
+            pictures={"spectrogram_original.png": _array(original)} if original is not None else {},
+        )
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+
+class SampleWriter:
+    """Encodes generated samples into their files and writes them, then the batch's manifest part. No models.
+
+    Storage is latency-bound (an S3 PUT waits tens of milliseconds whatever its size), so a batch's files go up
+    `UPLOAD_THREADS` at a time while the next sample is encoded — in an order that keeps the exactly-once rules:
+    every sample's other files, then the `sample.json` files (a sample is complete once its record is there), then
+    the part (a manifest row only after its artifacts).
+    """
+
+    UPLOAD_THREADS = 8  # below botocore's default connection pool (10)
+
+    def __init__(self, spec: dict[str, Any], output_uri: str, endpoint_url: str | None = None) -> None:
+        self.spec = SweepSpec.model_validate(spec)
+        self.store = open_store(output_uri, endpoint_url=endpoint_url)
+
+    def write(self, batch: GeneratedBatch, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Store every sample of `batch`, then its part; `{"part", "sample_ids", "files"}`.
+
+        Idempotent: a retried batch rewrites the same files and the same part. `files` holds, per sample, the
+        bytes of the artifacts named in `keep` (for a later stage that needs them, e.g. scoring, without reading
+        them back from the store).
+        """
+        rows, files, records, uploads = [], [], [], []
+        with ThreadPoolExecutor(self.UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+            for sample in batch.samples:
+                sample_id = sample.record["sample_id"]
+                artifacts = self._render(sample)
+                uris = {
+                    URI_COLUMNS[name]: self.store.uri_for(f"samples/{sample_id}/{name}")
+                    for name in artifacts
+                    if name in URI_COLUMNS
+                }
+                for name, data in artifacts.items():
+                    if name != "sample.json":
+                        uploads.append(pool.submit(self.store.put_bytes, f"samples/{sample_id}/{name}", data))
+                records.append((f"samples/{sample_id}/sample.json", artifacts["sample.json"]))
+                created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                rows.append({**sample.row, **uris, "created_utc": created})
+                files.append({name: artifacts[name] for name in keep})
+            _wait_all(uploads)
+            _wait_all([pool.submit(self.store.put_bytes, key, data) for key, data in records])
+        part = batch_part_key(p["sample_id"] for p in batch.points)
+        self.store.put_bytes(part, parquet_bytes(table_from_rows(rows)))
+        return {"part": part, "sample_ids": [r["sample_id"] for r in rows], "files": files}
+
+    def _render(self, sample: GeneratedSample) -> dict[str, bytes]:
+        return render_artifacts(
+            torch.from_numpy(sample.image),
+            torch.from_numpy(sample.spectrogram),
+            torch.from_numpy(sample.waveform),
+            sample.record,
+            crop=self.spec.crop,
+            extra_pictures={name: torch.from_numpy(p) for name, p in sample.pictures.items()} or None,
+            video=self.spec.video,
+        )
+
+
+def _wait_all(futures: list[Future]) -> None:
+    """Wait for every upload, then raise the first failure (none is left running behind the caller's back)."""
+    wait(futures)
+    for future in futures:
+        future.result()

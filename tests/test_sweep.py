@@ -25,6 +25,7 @@ from jobs.manifest import COLUMNS
 from jobs.spec import SpecError, SweepModels, expand, load_spec
 from jobs.sweep import main as sweep_main
 from serve.local import cluster_env, free_port, start_ray_head, stop_ray
+from tests.s3_proxy import S3Proxy
 from tests.s3_server import MotoServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,7 +352,7 @@ def test_storage_credentials_appear_nowhere_a_cluster_user_can_read(tmp_path, ti
         listed = subprocess.run([str(BIN / "ray"), *what], env=env, capture_output=True, timeout=120)
         assert listed.returncode == 0, listed.stderr[-2000:]
         places[" ".join(what)] = listed.stdout
-    assert b"SweepWorker" in places["list actors --detail"]  # the listing does show the workers' details
+    assert b"GenerateSamples" in places["list actors --detail"]  # the listing does show the workers' details
     for route in ("/api/v0/actors?detail=1", "/api/v0/tasks?detail=1", "/api/jobs/", "/api/v0/logs?node_id="):
         request = urllib.request.Request(
             ray_cluster["dashboard"] + route, headers={"Authorization": f"Bearer {AUTH_TOKEN}"}
@@ -370,3 +371,30 @@ def test_storage_credentials_appear_nowhere_a_cluster_user_can_read(tmp_path, ti
     leaks = [where for where, data in places.items() if SECRET_ACCESS_KEY.encode() in data]
     assert not leaks, leaks
     assert not [where for where, data in places.items() if ACCESS_KEY_ID.encode() in data]
+
+
+def test_uploads_overlap_generation(tmp_path, tiny_models, s3, ray_cluster):
+    """Storage made slow (every PUT 0.5 s longer, through a delaying proxy): the sweep takes clearly less than its
+    generation time plus its upload time, because the pipeline writes batch n while it generates batch n+1 (and a
+    batch's files go up side by side)."""
+    client = bucket(s3, "overlap")
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_models,
+        batch_size=2,
+        samples_per_pair=4,
+        params={"steps": 8, "image_start_step": 1, "height": 256, "width": 1024},
+    )
+    with S3Proxy(s3.endpoint_url, delay_s=0.5, delay_methods=("PUT",)) as proxy:
+        env = sweep_env(s3, ray_cluster, AWS_ENDPOINT_URL=proxy.endpoint_url)
+        started = time.monotonic()
+        done = run_sweep(spec, "s3://overlap/run", env)
+        sweep_s = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = assert_complete(client, "overlap", "run", spec).sort_values(["pair_index", "sample_index"])
+    # Batches are consecutive grid points; a row's denoise_s is its batch's denoising time, decode/vocode its share.
+    batch = np.arange(len(frame)) // 2
+    generate_s = float(frame.groupby(batch).denoise_s.max().sum() + (frame.decode_s + frame.vocode_s).sum())
+    upload_s = proxy.delayed_s  # a lower bound: the time PUTs spent waiting in the proxy alone
+    assert proxy.delayed >= 16 * 5 + 8  # five files per sample and a manifest part per batch went through it
+    assert sweep_s < 0.8 * (generate_s + upload_s), (sweep_s, generate_s, upload_s)

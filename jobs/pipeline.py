@@ -1,0 +1,174 @@
+"""A sweep's batches as one streaming pipeline on Ray Data: generate → write → score, each stage an actor pool.
+
+    batches ──► GenerateSamples (models; 1 GPU each, or 1 CPU) ──► WriteSamples (encode + upload + manifest part)
+                                                                     └──► ScoreSamples (CLIP/CLAP; `scoring:` only)
+
+Ray Data's streaming executor runs the stages concurrently with back-pressure (bounded queues between them, an
+object-store budget): the accelerator denoises batch n+1 while batch n is encoded and uploaded and batch n−1 is
+scored, and a slow store slows generation down instead of filling memory. A row of the dataset is one whole sweep
+batch (the generated tensors cross as one pickled value), so a batch's part is written by the stage that wrote its
+samples, after them — the exactly-once rules of jobs/sweep.py hold as before: a manifest row only after its
+artifacts, parts named by the content hash of their sample ids, a retried batch rewrites the same files.
+
+Failures: an actor lost with its node is restarted elsewhere and its batch retried (Ray Data's defaults; batches are
+idempotent); an exception in our own code (a storage outage, models that are not the planned ones) is not retried
+and ends the sweep with its cause, and a resubmit generates only what has no manifest row.
+
+Resources per stage (logical, what Ray schedules on):
+    generate  num_gpus 1 (1 − SCORE_GPU_SHARE when scoring shares the GPU), or num_cpus 1 on a CPU cluster;
+    write     num_cpus 0.5 — mostly waiting on storage and ffmpeg, which has threads of its own;
+    score     num_gpus SCORE_GPU_SHARE beside a generator, or num_cpus 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from jobs.score import SCORED_FILES
+from jobs.spec import GridPoint, SweepSpec
+
+# A scorer's share of a GPU beside a generator: CLIP ViT-B/16 and CLAP are small next to two SD-1.5 UNets.
+SCORE_GPU_SHARE = 0.25
+WRITE_CPUS = 0.5
+SCORE_CPUS = 0.5
+WRITERS_PER_GENERATOR = 2  # encoding and uploads of one batch take about as long as generating one (video: more)
+
+
+def point_payload(point: GridPoint) -> dict[str, Any]:
+    return {
+        "sample_id": point.sample_id,
+        "pair_index": point.pair_index,
+        "sample_index": point.sample_index,
+        "request": point.request.to_dict(),
+    }
+
+
+def _threads() -> int | None:
+    return int(os.environ.get("IMGSOUND_WORKER_THREADS", "0")) or None
+
+
+class GenerateSamples:
+    """Stage 1: a `SweepWorker` (both models) per actor; one dataset row in, the batch's samples out."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from jobs.worker import SweepWorker
+
+        self.worker = SweepWorker(spec, torch_threads=_threads())
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        generated = [pickle.dumps(self.worker.generate(json.loads(points)), protocol=5) for points in rows["points"]]
+        return {"points": rows["points"], "generated": np.array(generated, dtype=object)}
+
+
+class WriteSamples:
+    """Stage 2: files and the manifest part of each batch; passes the scored files on when scoring follows."""
+
+    def __init__(self, spec: dict[str, Any], output_uri: str, endpoint_url: str | None, scoring: bool) -> None:
+        from imgsound_core.cli import quiet_libraries
+        from jobs.worker import SampleWriter
+
+        if _threads():
+            import torch
+
+            torch.set_num_threads(_threads())
+        quiet_libraries()
+        self.writer = SampleWriter(spec, output_uri, endpoint_url)
+        self.keep = SCORED_FILES if scoring else ()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts, counts, scored = [], [], []
+        for generated in rows["generated"]:
+            batch = pickle.loads(generated)
+            written = self.writer.write(batch, keep=self.keep)
+            parts.append(written["part"])
+            counts.append(len(written["sample_ids"]))
+            rows_and_files = [
+                ({k: s.row[k] for k in ("sample_id", "image_prompt", "audio_prompt")}, files)
+                for s, files in zip(batch.samples, written["files"])
+            ]
+            if self.keep:
+                scored.append(pickle.dumps(rows_and_files, protocol=5))
+        out = {"part": np.array(parts, dtype=object), "samples": np.array(counts, dtype=np.int64)}
+        return {**out, "scored": np.array(scored, dtype=object)} if self.keep else out
+
+
+class ScoreSamples:
+    """Stage 3 (`scoring:`): CLIP/CLAP scores of each batch from the bytes just written; writes its scores part."""
+
+    def __init__(self, scoring: dict[str, Any], output_uri: str, endpoint_url: str | None) -> None:
+        from jobs.score import ScoreWorker
+
+        self.worker = ScoreWorker(scoring, output_uri, endpoint_url, _threads())
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for scored in rows["scored"]:
+            samples = pickle.loads(scored)
+            self.worker.score_files([row for row, _ in samples], [files for _, files in samples])
+        return {"part": rows["part"], "samples": rows["samples"]}
+
+
+def sweep_dataset(
+    spec: SweepSpec,
+    batches: list[list[GridPoint]],
+    output_uri: str,
+    endpoint_url: str | None,
+    generators: int,
+    use_gpu: bool,
+    env_vars: dict[str, str],
+):
+    """The pipeline as a lazy `ray.data.Dataset` of one row per written batch (`part`, `samples`)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the sweep prints its own, in samples
+    context.print_on_execution_start = False
+    context.raise_original_map_exception = True  # a failed sweep names its cause (e.g. StoreError), not "UDF failed"
+    scoring = spec.scoring is not None
+    score_on_gpu = scoring and use_gpu and spec.scoring.device != "cpu"
+    writers = spec.writers or WRITERS_PER_GENERATOR * generators
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    items = [{"points": json.dumps([point_payload(p) for p in batch])} for batch in batches]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    dataset = dataset.map_batches(
+        GenerateSamples,
+        fn_constructor_args=(spec.model_dump(),),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=generators),
+        num_gpus=(1 - SCORE_GPU_SHARE if score_on_gpu else 1) if use_gpu else 0,
+        num_cpus=1,
+        runtime_env=runtime_env,
+    )
+    dataset = dataset.map_batches(
+        WriteSamples,
+        fn_constructor_args=(spec.model_dump(), output_uri, endpoint_url, scoring),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, writers)),
+        num_cpus=WRITE_CPUS,
+        runtime_env=runtime_env,
+    )
+    if scoring:
+        dataset = dataset.map_batches(
+            ScoreSamples,
+            fn_constructor_args=(spec.scoring.model_dump(), output_uri, endpoint_url),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=generators if score_on_gpu else 1),
+            num_gpus=SCORE_GPU_SHARE if score_on_gpu else 0,
+            num_cpus=0 if score_on_gpu else SCORE_CPUS,
+            runtime_env=runtime_env,
+        )
+    return dataset  # rows of `part` and `samples` (a last projection would hold rows back until the end)
+
+
+def run_pipeline(dataset, progress: Callable[[int], None]) -> Iterator[str]:
+    """Execute `dataset` (streaming); call `progress(samples)` per finished batch and yield its part's key."""
+    for row in dataset.iter_rows():
+        progress(int(row["samples"]))
+        yield str(row["part"])
+    sys.stderr.flush()
