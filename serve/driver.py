@@ -232,13 +232,15 @@ class Driver:
         return await self._call(f"{model.capitalize()}UNet", handle.predict, inputs, work=work)
 
     # ---- the DDIM loop of one request -----------------------------------------------------------------------
-    async def _denoise(self, requests, info) -> torch.Tensor:
+    async def _denoise(self, requests, info) -> tuple[torch.Tensor, float]:
+        """The clean latents `(N, C, h, w)`, and when (perf_counter) the first step was taken."""
         scheduler = StepScheduler(info["image"]["scheduler_config"], max_batch_samples=len(requests))
         channels = info["image"]["latent_channels"]
         for index, request in enumerate(requests):
             shape = latent_shape(request.height, request.width, channels)
             scheduler.add(str(index), request, initial_latents([request.seed], shape)[0])
         finished = {}
+        first_step_at = None
         while scheduler.has_work():
             started = time.perf_counter()
             plan = scheduler.schedule()
@@ -247,8 +249,10 @@ class Driver:
             )
             for state in scheduler.update(plan, eps_image, eps_audio):
                 finished[int(state.key)] = state.latents
-            self.metrics.step_latency.observe(time.perf_counter() - started)
-        return torch.stack([finished[i] for i in range(len(requests))])
+            done_at = time.perf_counter()
+            first_step_at = first_step_at or done_at
+            self.metrics.step_latency.observe(done_at - started)
+        return torch.stack([finished[i] for i in range(len(requests))]), first_step_at or time.perf_counter()
 
     async def _admit(self, key_label: str | None, count: int) -> str:
         decision = await self._call("Gatekeeper", self.gatekeeper.admit, key_label, count)
@@ -270,6 +274,7 @@ class Driver:
         return {field: n for field, n in zip(fields, [*image, *audio], strict=True) if n}
 
     async def _generate(self, body: GenerateBody, requests, key_label: str | None) -> GenerateResponse:
+        arrived = time.perf_counter()
         info = await self.model_info()
         context = self._context(info, body)
         ticket = await self._admit(key_label, len(requests))
@@ -279,7 +284,7 @@ class Driver:
         self.metrics.samples_in_flight.set(self.samples_in_flight)
         try:
             t0 = time.perf_counter()
-            latents = await self._denoise(requests, info)
+            latents, first_step_at = await self._denoise(requests, info)
             truncated = await truncation
             t1 = time.perf_counter()
             work = sum(request_work(request) for request in requests)
@@ -337,7 +342,14 @@ class Driver:
             truncation_warning(field, n, info[field.split("_")[0]]["context_tokens"]) for field, n in truncated.items()
         ]
         return GenerateResponse(
-            samples=samples, timings_s={**timings, "render": time.perf_counter() - t2}, warnings=warnings
+            samples=samples,
+            timings_s={
+                "admit": t0 - arrived,  # model info, and the Gatekeeper's answer
+                "first_step": first_step_at - arrived,  # time to first step: how soon a request joins the batch
+                **timings,
+                "render": time.perf_counter() - t2,
+            },
+            warnings=warnings,
         )
 
     def _authenticate(self, request: Request) -> str | None:

@@ -151,6 +151,9 @@ def test_concurrent_requests_share_unet_forwards_across_steps(service):
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda b: generate(service, **b), bodies))
     assert [r[0] for r in results] == [200] * 6
+    for _, _, response in results:  # the time to first step lies between admission and the end of denoising
+        timings = response["timings_s"]
+        assert 0 <= timings["admit"] < timings["first_step"] < timings["admit"] + timings["denoise"]
 
     def delta_above_one(after, before, model):
         """Forwards of `model` in this test whose value was > 1 (total count minus the le=1 bucket)."""
