@@ -8,6 +8,12 @@
     python bench/bench_sampler.py                       # tiny models, CPU (writes them to a temp folder)
     python bench/bench_sampler.py --arch sd15 --device cuda --dtype fp16 --steps 100   # real SD-1.5 architecture,
                                                         # random weights, built from config: no download
+    ... --compile --overlap                             # also compiled UNets, and the UNets on two CUDA streams
+
+The batched measurements run eager UNets on one stream (`Sampler(compile=False)`) unless a flag asks otherwise:
+`--compile` adds the compiled sampler the CLI uses on CUDA (batch buckets, warmed up first; the warm-up time is
+reported as `first_run_s`), `--overlap` repeats each measurement with the two UNet calls of a step on two CUDA
+streams (`Sampler(overlap_unets=True)`; identical to the plain run off CUDA).
 Prints one JSON line per measurement and a final ratio; `--json PATH` also writes them.
 """
 
@@ -139,7 +145,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[16], help="batched sizes to measure")
     parser.add_argument("--official-samples", type=int, default=2, help="samples timed in the official loop shape")
     parser.add_argument("--decode", action="store_true", help="also time VAE decodes (both VAEs)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd UNets, channels_last")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time compiled UNets (imgsound_core.compile: batch buckets, channels-last on CUDA), after a warm-up",
+    )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="also time every batched run with the two UNets of a step on two CUDA streams (overlap_unets)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -173,7 +188,7 @@ def main() -> None:
         steps=args.steps,
         image_start_step=min(10, args.steps),
     )
-    sampler = Sampler(image, audio, vocoder=None, max_batch_samples=max(args.batch))  # type: ignore[arg-type]
+    sampler = Sampler(image, audio, vocoder=None, max_batch_samples=max(args.batch), compile=False)  # type: ignore[arg-type]
 
     # Warm-up: kernels, allocator, text cache.
     official_loop(sampler, base.with_seed(10_000)) if args.steps <= 20 else official_loop(
@@ -188,26 +203,38 @@ def main() -> None:
     official_s = (time.perf_counter() - t0) / args.official_samples
     report({"shape": "official", "batch": 1, "s_per_sample": official_s, "samples_per_s": 1 / official_s})
 
-    best = None
-    for batch in args.batch:
-        sampler.max_batch_samples = batch
+    def time_batched(run_sampler: Sampler, shape: str, batch: int, **extra) -> float:
+        run_sampler.max_batch_samples = batch
         requests = base.expand(batch)
-        list(sampler.denoise(requests[: min(batch, 2)]))  # warm-up at this shape's neighbours
-        sync(device)
         t0 = time.perf_counter()
-        list(sampler.denoise(requests))
+        list(run_sampler.denoise(requests))
         sync(device)
         per = (time.perf_counter() - t0) / batch
         report(
             {
-                "shape": "batched",
+                "shape": shape,
                 "batch": batch,
                 "s_per_sample": per,
                 "samples_per_s": 1 / per,
                 "speedup_vs_official": official_s / per,
+                **extra,
             }
         )
+        return per
+
+    overlapped = None
+    if args.overlap:
+        overlapped = Sampler(image, audio, None, max(args.batch), compile=False, overlap_unets=True)  # type: ignore[arg-type]
+        overlapped.image_text, overlapped.audio_text = sampler.image_text, sampler.audio_text  # warm text cache
+    best = None
+    for batch in args.batch:
+        sampler.max_batch_samples = batch
+        list(sampler.denoise(base.expand(batch)[: min(batch, 2)]))  # warm-up at this shape's neighbours
+        sync(device)
+        per = time_batched(sampler, "batched", batch)
         best = per if best is None else min(best, per)
+        if overlapped is not None:
+            time_batched(overlapped, "batched+overlap", batch, streams_used=overlapped.overlap_unets)
 
     if args.decode:
         latents = torch.randn(4, *latent_shape(base.height, base.width), device=device)
@@ -221,30 +248,21 @@ def main() -> None:
                 report({"shape": f"{vae_name}_decode", "batch": n, "s_per_sample": (time.perf_counter() - t0) / n})
 
     if args.compile:
-        for bundle in (image, audio):
-            bundle.unet.to(memory_format=torch.channels_last)
-            object.__setattr__(bundle, "unet", torch.compile(bundle.unet))
+        # Last: on CUDA, compiling puts the UNets' weights in channels-last format, in place.
         batch = max(args.batch)
-        sampler.max_batch_samples = batch
-        requests = base.expand(batch)
+        compiled = Sampler(image, audio, None, batch, compile=True)  # type: ignore[arg-type]
+        compiled.image_text, compiled.audio_text = sampler.image_text, sampler.audio_text
         t0 = time.perf_counter()
-        list(sampler.denoise(requests))  # includes compilation
+        compiled.warm_up(base.height, base.width)  # every bucket up to `batch`, both UNets
         sync(device)
         compile_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        list(sampler.denoise(requests))
-        sync(device)
-        per = (time.perf_counter() - t0) / batch
-        report(
-            {
-                "shape": "batched+compile",
-                "batch": batch,
-                "s_per_sample": per,
-                "samples_per_s": 1 / per,
-                "speedup_vs_official": official_s / per,
-                "first_run_s": compile_s,
-            }
-        )
+        time_batched(compiled, "batched+compile", batch, first_run_s=compile_s)
+        if args.overlap:
+            both = Sampler(image, audio, None, batch, compile=True, overlap_unets=True)  # type: ignore[arg-type]
+            both.image_text, both.audio_text = sampler.image_text, sampler.audio_text
+            both.warm_up(base.height, base.width)  # the same graphs: found in dynamo's and inductor's caches
+            sync(device)
+            time_batched(both, "batched+compile+overlap", batch, streams_used=both.overlap_unets)
 
     print(
         f"ratio batched/official: {official_s / best:.2f}x "

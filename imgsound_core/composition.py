@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from imgsound_core.transfer import to_device
+
 
 def append_dims(values: torch.Tensor, target_ndim: int) -> torch.Tensor:
     """View a `(B,)` tensor as `(B, 1, ..., 1)` with `target_ndim` dims, so it broadcasts over a latent batch."""
@@ -75,21 +77,23 @@ def combine_eps(
 
     Args:
         eps_image, eps_audio: `(B, C, h, w)` guided estimates, or None when no row uses that modality.
-        weight_image, weight_audio: `(B,)` weights from `modality_weights`.
+        weight_image, weight_audio: `(B,)` weights from `modality_weights`. Which terms to add is decided on the
+            weights' own device, so CPU weights (as the step scheduler keeps them) cost the estimates' device no
+            synchronisation; they are then copied to it.
     Returns:
-        `(B, C, h, w)`.
+        `(B, C, h, w)`, on the estimates' device.
     """
     reference = eps_image if eps_image is not None else eps_audio
     if reference is None:
         raise ValueError("combine_eps needs at least one estimate")
     combined = torch.zeros_like(reference)
     for eps, weight in ((eps_image, weight_image), (eps_audio, weight_audio)):
-        weight = weight.to(reference.device)
-        used = weight != 0
-        if not bool(used.any()):
+        if not bool((weight != 0).any()):
             continue
         if eps is None:
             raise ValueError("a row has a nonzero weight for a modality whose estimate is missing")
+        weight = to_device(weight, eps.device)
+        used = weight != 0
         only = weight == 1
         w = append_dims(weight.to(eps.dtype), eps.ndim)
         term = torch.where(append_dims(only, eps.ndim), eps, w * eps)

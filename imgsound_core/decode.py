@@ -10,8 +10,12 @@ import torch
 
 
 @torch.inference_mode()
-def decode_latents(vae, latents: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
-    """Decode `(B, C, h, w)` latents to `(B, 3, 8h, 8w)` float32 CPU images in [0, 1], `batch_size` at a time."""
+def decode_latents(vae, latents: torch.Tensor, batch_size: int = 4, keep_on_device: bool = False) -> torch.Tensor:
+    """Decode `(B, C, h, w)` latents to `(B, 3, 8h, 8w)` float32 images in [0, 1], `batch_size` at a time.
+
+    The images are on the CPU, or with `keep_on_device` on the VAE's device (for a next stage there, e.g. the
+    vocoder, without a round trip through the host).
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     scaling = float(vae.config.scaling_factor)
@@ -21,7 +25,8 @@ def decode_latents(vae, latents: torch.Tensor, batch_size: int = 4) -> torch.Ten
     for start in range(0, latents.shape[0], batch_size):
         chunk = latents[start : start + batch_size].to(device=device, dtype=dtype)
         pixels = vae.decode(chunk / scaling).sample
-        outputs.append((pixels.float() / 2 + 0.5).clamp(0, 1).cpu())
+        pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
+        outputs.append(pixels if keep_on_device else pixels.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -231,6 +231,14 @@ def sample_record(
 # --- fingerprints ---------------------------------------------------------------------------------------------------
 
 
+def cache_dir() -> Path:
+    """imgsound's per-user cache folder: `IMGSOUND_CACHE_DIR`, default `~/.cache/imgsound` (not created here).
+
+    It holds the fingerprint cache (`fingerprints.json`) and the compiled UNet kernels (`torch-compile/`).
+    """
+    return Path(os.environ.get("IMGSOUND_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "imgsound"))
+
+
 def fingerprint_folder(folder: str | os.PathLike) -> str:
     """SHA-256 over a model folder's contents as the loaders read them (see the module docstring).
 
@@ -342,8 +350,7 @@ class _FingerprintCache:
 
     @classmethod
     def load(cls) -> _FingerprintCache:
-        root = os.environ.get("IMGSOUND_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "imgsound")
-        file = Path(root) / "fingerprints.json"
+        file = cache_dir() / "fingerprints.json"
         try:
             entries = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError):

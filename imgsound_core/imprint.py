@@ -125,10 +125,22 @@ class ImprintResult:
 
 
 class ImprintSampler:
-    """Imprint samples with the same bundles and vocoder as the method's Sampler."""
+    """Imprint samples with the same bundles and vocoder as the method's Sampler; `compile` and `overlap_unets` are
+    the Sampler's (None: compiled on CUDA, not on the CPU)."""
 
-    def __init__(self, image: ModelBundle, audio: ModelBundle, vocoder: Vocoder, max_batch_samples: int = 16) -> None:
-        self.sampler = Sampler(image, audio, vocoder, max_batch_samples=max_batch_samples)
+    def __init__(
+        self,
+        image: ModelBundle,
+        audio: ModelBundle,
+        vocoder: Vocoder,
+        max_batch_samples: int = 16,
+        *,
+        compile: bool | None = None,
+        overlap_unets: bool = False,
+    ) -> None:
+        self.sampler = Sampler(
+            image, audio, vocoder, max_batch_samples=max_batch_samples, compile=compile, overlap_unets=overlap_unets
+        )
         self.vocoder = vocoder
 
     def generate(

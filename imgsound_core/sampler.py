@@ -4,6 +4,12 @@ One code path for one sample or thousands: requests become samples in a `StepSch
 UNet once on all the samples that use it (classifier-free guidance as one batch of 2R rows), combines, and steps.
 Finished samples are decoded in small batches and yielded as they finish. The CLI and the sweep workers use this
 class; the server runs the same scheduler with remote UNets.
+
+On an accelerator the whole loop stays there: latents, DDIM state and prompt embeddings live on the UNets' device
+from the first step to the VAE decode, and the step loop makes no host↔device synchronisation, so Python queues
+step after step while the GPU works. The spectrogram goes from the audio VAE to the vocoder on the device too.
+Optionally the UNets are compiled (`imgsound_core.compile`) and the two UNet calls of a step run on two CUDA
+streams (`overlap_unets`).
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from dataclasses import dataclass, field
 import torch
 
 from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
+from imgsound_core.compile import Backend, CompiledUNet, maybe_compile
 from imgsound_core.composition import guided_eps
 from imgsound_core.decode import decode_latents, spectrogram_from_decoded
 from imgsound_core.models.bundle import ModelBundle, check_pair
 from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import SampleRequest
-from imgsound_core.scheduler import ModelInputs, SampleState, StepScheduler
+from imgsound_core.scheduler import ModelInputs, SampleState, StepPlan, StepScheduler
 from imgsound_core.text import TextEmbeddingCache
+from imgsound_core.transfer import to_device
 
 
 @torch.inference_mode()
@@ -35,6 +43,10 @@ def predict_guided_eps(
 ) -> torch.Tensor:
     """One UNet call for R samples with classifier-free guidance.
 
+    `unet` is a diffusers UNet or a `CompiledUNet`. When the inputs are on the UNet's device (the local sampler),
+    nothing is copied and the estimates stay there; from the CPU (the server's UNet deployments), the inputs are
+    copied to the UNet and the estimates back.
+
     Args:
         latents: `(R, C, h, w)`; timesteps: `(R,)`; prompt_embeds, negative_embeds: `(R, L, D)`;
         guidance_scale: `(R,)`.
@@ -45,11 +57,11 @@ def predict_guided_eps(
     dtype = unet.dtype
     # rows: [uncond_0..uncond_{R-1}, cond_0..cond_{R-1}] — the reference code's CFG layout, per sample.
     model_input = torch.cat([latents, latents]).to(device=device, dtype=dtype)
-    model_timesteps = torch.cat([timesteps, timesteps]).to(device)
+    model_timesteps = to_device(torch.cat([timesteps, timesteps]), device)
     context = torch.cat([negative_embeds, prompt_embeds]).to(device=device, dtype=dtype)
     eps = unet(model_input, model_timesteps, encoder_hidden_states=context).sample
     eps_uncond, eps_cond = eps.float().chunk(2)
-    return guided_eps(eps_uncond, eps_cond, guidance_scale.to(device)).to(latents.device)
+    return guided_eps(eps_uncond, eps_cond, to_device(guidance_scale, device)).to(latents.device)
 
 
 @dataclass
@@ -78,7 +90,17 @@ ProgressCallback = Callable[[int], None]
 
 class Sampler:
     """Generates samples with an image bundle and an audio bundle (both need unet, vae and text; the vocoder is
-    passed separately so HiFi-GAN and Griffin-Lim are interchangeable)."""
+    passed separately so HiFi-GAN and Griffin-Lim are interchangeable).
+
+    Args:
+        max_batch_samples: samples per step (each is 2 UNet rows).
+        decode_batch_size: samples per VAE decode and vocoder call.
+        compile: torch.compile the UNets (`imgsound_core.compile`): None = on for CUDA, off on the CPU.
+        compile_backend, compile_mode: torch.compile's backend and mode when compiling.
+        overlap_unets: run the image and the audio UNet of a step on two CUDA streams, so that one can use what
+            the other leaves of the GPU (a no-op off CUDA). Off by default: with batches of many samples each UNet
+            already fills the GPU, and the gain is unmeasured.
+    """
 
     def __init__(
         self,
@@ -87,6 +109,11 @@ class Sampler:
         vocoder: Vocoder,
         max_batch_samples: int = 16,
         decode_batch_size: int = 4,
+        *,
+        compile: bool | None = None,
+        compile_backend: Backend = "inductor",
+        compile_mode: str | None = None,
+        overlap_unets: bool = False,
     ) -> None:
         for bundle in (image, audio):
             if bundle.unet is None or bundle.vae is None or bundle.text_encoder is None:
@@ -101,18 +128,59 @@ class Sampler:
         self.audio_text = TextEmbeddingCache(audio.tokenizer, audio.text_encoder)
         # The reference method builds its one DDIM scheduler from the image model's config.
         self.scheduler_config = image.scheduler_config
+        # Latents and the step's tensors live where the image UNet runs (the audio UNet's estimates are moved
+        # there if it runs elsewhere).
+        self.device = torch.device(image.unet.device)
+        self.image_unet = maybe_compile(
+            image.unet, compile, max_batch_samples, backend=compile_backend, mode=compile_mode
+        )
+        self.audio_unet = maybe_compile(
+            audio.unet, compile, max_batch_samples, backend=compile_backend, mode=compile_mode
+        )
+        self.compiled = isinstance(self.image_unet, CompiledUNet)
+        self.overlap_unets = (
+            overlap_unets and self.device.type == "cuda" and torch.device(audio.unet.device) == self.device
+        )
+        # One side stream per UNet; the step's other work stays on the current stream.
+        self._streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device)) if self.overlap_unets else ()
 
-    def _run_unet(self, bundle: ModelBundle, cache: TextEmbeddingCache, inputs: ModelInputs) -> torch.Tensor | None:
+    def warm_up(self, height: int = 256, width: int = 1024, max_samples: int | None = None) -> None:
+        """Compile every batch bucket of both UNets for `height × width` samples, up to `max_samples` (default:
+        `max_batch_samples`), so that the first real step is not the slow one. Does nothing when not compiled."""
+        shape = latent_shape(height, width, self.image.latent_channels)
+        for unet, bundle in ((self.image_unet, self.image), (self.audio_unet, self.audio)):
+            if isinstance(unet, CompiledUNet):
+                unet.warm_up(shape, int(bundle.tokenizer.model_max_length), max_samples or self.max_batch_samples)
+
+    def _run_unet(self, unet, cache: TextEmbeddingCache, inputs: ModelInputs) -> torch.Tensor | None:
         if len(inputs) == 0:
             return None
         return predict_guided_eps(
-            bundle.unet,
+            unet,
             inputs.latents,
             inputs.timesteps,
             cache.get(inputs.prompts),
             cache.get(inputs.negatives),
             inputs.guidance_scale,
         )
+
+    def _run_unets(self, plan: StepPlan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The step's guided estimates `(eps_image, eps_audio)`, each `(R, C, h, w)` or None when no row uses it."""
+        calls = ((self.image_unet, self.image_text, plan.image), (self.audio_unet, self.audio_text, plan.audio))
+        if not self.overlap_unets or len(plan.image) == 0 or len(plan.audio) == 0:
+            return self._run_unet(*calls[0]), self._run_unet(*calls[1])
+        main = torch.cuda.current_stream(self.device)
+        results = []
+        for stream, call in zip(self._streams, calls):
+            stream.wait_stream(main)  # the plan's tensors are written on the main stream
+            with torch.cuda.stream(stream):
+                results.append(self._run_unet(*call))
+        for stream, eps in zip(self._streams, results):
+            main.wait_stream(stream)  # the combine and the DDIM step read both estimates
+            # Made on a side stream, used and freed on the main one: the allocator must not hand the memory back
+            # to the side stream before the main stream is done with it.
+            eps.record_stream(main)
+        return results[0], results[1]
 
     def denoise(
         self,
@@ -127,7 +195,7 @@ class Sampler:
         """
         if latents is not None and len(latents) != len(requests):
             raise ValueError("one initial latent per request")
-        scheduler = StepScheduler(self.scheduler_config, self.max_batch_samples)
+        scheduler = StepScheduler(self.scheduler_config, self.max_batch_samples, device=self.device)
         started: dict[str, float] = {}
         for index, request in enumerate(requests):
             shape = latent_shape(request.height, request.width, self.image.latent_channels)
@@ -142,8 +210,7 @@ class Sampler:
             now = time.perf_counter()
             for key in plan.keys:
                 started.setdefault(key, now)
-            eps_image = self._run_unet(self.image, self.image_text, plan.image)
-            eps_audio = self._run_unet(self.audio, self.audio_text, plan.audio)
+            eps_image, eps_audio = self._run_unets(plan)
             finished = scheduler.update(plan, eps_image, eps_audio)
             if progress is not None:
                 progress(len(plan))
@@ -152,15 +219,28 @@ class Sampler:
                 yield state, done_at - started[state.key]
 
     def decode(self, states: Sequence[SampleState], denoise_s: Sequence[float]) -> list[SampleResult]:
-        """Decode finished samples: picture (image VAE), spectrogram (audio VAE), waveform (vocoder)."""
+        """Decode finished samples: picture (image VAE), spectrogram (audio VAE), waveform (vocoder).
+
+        Both VAEs decode in batches of `decode_batch_size`; the spectrograms stay on the audio VAE's device for a
+        vocoder there (HiFi-GAN on the GPU), so only the results cross to the host.
+        """
         if not states:
             return []
         latents = torch.stack([s.latents for s in states]).float()
         t0 = time.perf_counter()
         images = decode_latents(self.image.vae, latents, self.decode_batch_size)
-        spectrograms = spectrogram_from_decoded(decode_latents(self.audio.vae, latents, self.decode_batch_size))
+        on_device = spectrogram_from_decoded(
+            decode_latents(self.audio.vae, latents, self.decode_batch_size, keep_on_device=True)
+        )
+        spectrograms = on_device.cpu()
         t1 = time.perf_counter()
-        waveforms = spectrogram_to_waveform(spectrograms, self.vocoder)
+        # Griffin-Lim (and any vocoder elsewhere) gets the host copy; HiFi-GAN on the VAE's device the device one.
+        vocoder_device = torch.device(getattr(self.vocoder, "device", "cpu"))
+        same_device = vocoder_device.type == on_device.device.type and vocoder_device.index in (
+            None,
+            on_device.device.index,
+        )
+        waveforms = spectrogram_to_waveform(on_device if same_device else spectrograms, self.vocoder)
         t2 = time.perf_counter()
         n = len(states)
         return [

@@ -6,6 +6,12 @@ rows, and `update()` combines the estimates and advances every sample by one DDI
 per sample, samples of different requests and at different steps share one step (continuous batching: a sample
 added now joins the next step). The same scheduler drives the CLI/sweep sampler and the server's driver.
 
+Where the tensors live: with `device` set (the local sampler passes its UNet's device), every sample's latent stays
+on it from `add()` to the end, and each step's tensors are made there from a few Python numbers with one queued copy
+each (`imgsound_core.transfer`), so a CUDA step loop never waits for the GPU. The values that steer Python — step
+indices, the modality weights that pick each UNet's rows — stay on the host. With `device` None (the server's
+driver, whose UNets are remote), everything is on the CPU.
+
     scheduler.add(key, request, latents)
     while scheduler.has_work():
         plan = scheduler.schedule()
@@ -24,11 +30,13 @@ import torch
 from imgsound_core.composition import combine_eps, modality_weights
 from imgsound_core.ddim import DdimSchedule, ddim_schedule, ddim_step
 from imgsound_core.request import SampleRequest
+from imgsound_core.transfer import to_device
 
 
 @dataclass
 class SampleState:
-    """One sample in flight. `latents` is the fp32 master copy `(C, h, w)`; `step_index` the next step to take."""
+    """One sample in flight. `latents` is the fp32 master copy `(C, h, w)` on the scheduler's device; `schedule` the
+    shared host table its step tensors are read from; `step_index` the next step to take."""
 
     key: str
     request: SampleRequest
@@ -46,11 +54,12 @@ class ModelInputs:
     """What one modality's UNet computes in a step: a guided estimate for each of `rows`.
 
     Attributes:
-        rows: `(R,)` indices into the plan's batch.
+        rows: `(R,)` int64 indices into the plan's batch.
         latents: `(R, C, h, w)` float32.
         timesteps: `(R,)` int64, one per row.
         prompts, negatives: R strings each (the embedding cache keys).
         guidance_scale: `(R,)` float32.
+    Every tensor is on the scheduler's device.
     """
 
     rows: torch.Tensor
@@ -66,15 +75,19 @@ class ModelInputs:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """The plan for one step over B samples (all tensors have B rows, in `keys` order)."""
+    """The plan for one step over B samples (all tensors have B rows, in `keys` order).
+
+    `latents` and the ᾱ values are on the scheduler's device; `step_index` and the weights are host (CPU) tensors,
+    since they decide in Python which rows each UNet gets (`combine_eps` moves the weights itself).
+    """
 
     keys: list[str]
-    latents: torch.Tensor  # (B, C, h, w) float32
-    step_index: torch.Tensor  # (B,) int64
-    alpha_bar_t: torch.Tensor  # (B,)
-    alpha_bar_prev: torch.Tensor  # (B,)
-    weight_image: torch.Tensor  # (B,) float64
-    weight_audio: torch.Tensor  # (B,) float64
+    latents: torch.Tensor  # (B, C, h, w) float32, device
+    step_index: torch.Tensor  # (B,) int64, CPU
+    alpha_bar_t: torch.Tensor  # (B,) float32, device
+    alpha_bar_prev: torch.Tensor  # (B,) float32, device
+    weight_image: torch.Tensor  # (B,) float64, CPU
+    weight_audio: torch.Tensor  # (B,) float64, CPU
     image: ModelInputs
     audio: ModelInputs
 
@@ -83,17 +96,31 @@ class StepPlan:
 
 
 def _model_inputs(
-    states: list[SampleState], latents: torch.Tensor, timesteps: torch.Tensor, weight: torch.Tensor, modality: str
+    states: list[SampleState],
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    weight: torch.Tensor,
+    modality: str,
+    device: torch.device,
 ) -> ModelInputs:
+    """The rows of `modality`: those whose host `weight` is nonzero.
+
+    Args:
+        latents: `(B, C, h, w)` on `device`; timesteps, weight: `(B,)` on the CPU.
+    """
     rows = torch.nonzero(weight != 0, as_tuple=False).flatten()
     picked = [states[i] for i in rows.tolist()]
+    device_rows = to_device(rows, device)
+    every_row = len(picked) == len(states)  # the common case: no gather, the batch is the UNet's input as it is
     return ModelInputs(
-        rows=rows,
-        latents=latents[rows],
-        timesteps=timesteps[rows],
+        rows=device_rows,
+        latents=latents if every_row else latents[device_rows],
+        timesteps=to_device(timesteps[rows], device),
         prompts=[getattr(s.request, f"{modality}_prompt") for s in picked],
         negatives=[getattr(s.request, f"{modality}_negative") for s in picked],
-        guidance_scale=torch.tensor([getattr(s.request, f"{modality}_guidance") for s in picked], dtype=torch.float32),
+        guidance_scale=to_device(
+            torch.tensor([getattr(s.request, f"{modality}_guidance") for s in picked], dtype=torch.float32), device
+        ),
     )
 
 
@@ -103,24 +130,29 @@ class StepScheduler:
 
     Every admitted sample advances by one step per `schedule()`/`update()` round until it finishes; waiting
     samples are admitted as running ones finish. A UNet call costs 2 rows (CFG) per active sample.
+
+    `device` (None: the CPU) is where the latents and the step's tensors live; see the module docstring.
     """
 
     scheduler_config: dict
     max_batch_samples: int = 16
+    device: torch.device | str | None = None
     _states: OrderedDict[str, SampleState] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         if self.max_batch_samples < 1:
             raise ValueError("max_batch_samples must be at least 1")
+        self.device = torch.device("cpu") if self.device is None else torch.device(self.device)
 
     def add(self, key: str, request: SampleRequest, latents: torch.Tensor) -> SampleState:
-        """Queue a sample; `latents` is its `(C, h, w)` initial noise."""
+        """Queue a sample; `latents` is its `(C, h, w)` initial noise (any device: it is copied to the scheduler's)."""
         if key in self._states:
             raise ValueError(f"a sample with key {key!r} is already scheduled")
         state = SampleState(
             key=key,
             request=request,
-            latents=latents.detach().to(torch.float32).clone(),
+            # A copy of its own: the caller's tensor is never written through the master latent.
+            latents=to_device(latents.detach().to(torch.float32), self.device).clone(),
             schedule=ddim_schedule(self.scheduler_config, request.steps),
         )
         self._states[key] = state
@@ -145,7 +177,9 @@ class StepScheduler:
         # One step is one tensor: only samples of the oldest sample's latent shape join it.
         shape = waiting[0].latents.shape
         states = [s for s in waiting if s.latents.shape == shape][: self.max_batch_samples]
-        latents = torch.stack([s.latents for s in states])  # (B, C, h, w)
+        device = self.device
+        latents = torch.stack([s.latents for s in states])  # (B, C, h, w), on the device
+        # The schedule tables are shared host tensors: gather this step's B values there, then one copy each.
         step_index = torch.tensor([s.step_index for s in states], dtype=torch.int64)
         timesteps = torch.stack([s.schedule.timesteps[s.step_index] for s in states])
         alpha_bar_t = torch.stack([s.schedule.alpha_bar_t[s.step_index] for s in states])
@@ -160,12 +194,12 @@ class StepScheduler:
             keys=[s.key for s in states],
             latents=latents,
             step_index=step_index,
-            alpha_bar_t=alpha_bar_t,
-            alpha_bar_prev=alpha_bar_prev,
+            alpha_bar_t=to_device(alpha_bar_t, device),
+            alpha_bar_prev=to_device(alpha_bar_prev, device),
             weight_image=weight_image,
             weight_audio=weight_audio,
-            image=_model_inputs(states, latents, timesteps, weight_image, "image"),
-            audio=_model_inputs(states, latents, timesteps, weight_audio, "audio"),
+            image=_model_inputs(states, latents, timesteps, weight_image, "image", device),
+            audio=_model_inputs(states, latents, timesteps, weight_audio, "audio", device),
         )
 
     def update(
@@ -195,12 +229,15 @@ class StepScheduler:
 
 
 def _scatter(eps: torch.Tensor | None, inputs: ModelInputs, like: torch.Tensor) -> torch.Tensor | None:
-    """Place the `(R, ...)` estimates of `inputs.rows` into a zero `(B, ...)` float32 tensor."""
+    """Place the `(R, ...)` estimates of `inputs.rows` into a zero `(B, ...)` float32 tensor on `like`'s device."""
     if len(inputs) == 0:
         return None
     if eps is None or eps.shape[0] != len(inputs):
         got = None if eps is None else tuple(eps.shape)
         raise ValueError(f"expected {len(inputs)} estimates, got {got}")
+    eps = eps.to(device=like.device, dtype=like.dtype)
+    if len(inputs) == like.shape[0]:  # every row, in order (rows come sorted from nonzero): nothing to place
+        return eps
     full = torch.zeros_like(like)
-    full[inputs.rows] = eps.to(device=like.device, dtype=like.dtype)
+    full[inputs.rows.to(like.device)] = eps
     return full

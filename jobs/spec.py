@@ -45,6 +45,12 @@ class PromptPair(BaseModel):
 
 
 class Models(BaseModel):
+    """The weights a sweep runs (model ids or folders, dtype) and how its workers run them (device, compile).
+
+    Only the models' identities and the dtype decide what a sample is; `device` and `compile` change speed alone,
+    so they are in no sample id and may differ between runs of one sweep.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     image: str = DEFAULT_IMAGE_MODEL
@@ -52,6 +58,11 @@ class Models(BaseModel):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
     device: str = Field(default="auto", description="'auto': cuda when the worker has a GPU, else cpu")
     image_prior: str = Field(default=DEFAULT_IMAGE_PRIOR, description="method sds: DeepFloyd IF stage I")
+    compile: bool | None = Field(
+        default=None,
+        description="torch.compile the UNets (denoise, imprint); None: on for CUDA workers, off on the CPU. How "
+        "samples are computed, not what they are: not part of any sample id",
+    )
 
 
 class Scoring(BaseModel):

@@ -26,6 +26,12 @@ class ModelPlacement(BaseModel):
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "cpu"  # "cuda" on GPU replicas: Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per replica (None: torch's own)")
+    compile: bool | None = Field(
+        default=None,
+        description="UNet deployments: torch.compile the UNet, padded to batch buckets and warmed up at replica start "
+        "for every bucket up to the deployment's max_batch_size (imgsound_core.compile); None: on for cuda, off for "
+        "cpu. The vocoder ignores it",
+    )
 
 
 class Limits(BaseModel):

@@ -5,6 +5,11 @@ rows for one DDIM step (`imgsound_core.scheduler.ModelInputs`) and `@serve.batch
 at any step, since every row carries its own timestep — into one classifier-free-guided UNet call. Prompts travel
 as strings and are embedded here, once per prompt per replica (an LRU cache), so no 77×768 tensors cross the
 network at every step. No sampling logic here: that is the core's.
+
+With `compile` (the placement's; by default on for CUDA) the UNet is compiled with batch buckets
+(`imgsound_core.compile`), and every bucket up to the deployment's `max_batch_size` is compiled when the replica
+starts (in `reconfigure`, which Serve runs before the replica takes traffic), for the default picture size;
+other sizes compile on first use.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from typing import Any
 import torch
 from ray import serve
 
+from imgsound_core.compile import CompiledUNet, maybe_compile
 from imgsound_core.decode import decode_latents
 from imgsound_core.identity import dtype_name, model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
+from imgsound_core.noise import latent_shape
+from imgsound_core.request import SampleRequest
 from imgsound_core.sampler import predict_guided_eps
 from imgsound_core.scheduler import ModelInputs
 from imgsound_core.text import dropped_tokens, encode_prompts
@@ -58,7 +66,8 @@ class PromptEmbeddings:
 
 @serve.deployment(max_ongoing_requests=64)
 class UNetDeployment:
-    """`role` is "image" or "audio"; `placement` a `ModelPlacement` dict (model, dtype, device, torch_threads)."""
+    """`role` is "image" or "audio"; `placement` a `ModelPlacement` dict (model, dtype, device, torch_threads,
+    compile)."""
 
     def __init__(self, role: str, placement: dict[str, Any]) -> None:
         settings = ModelPlacement.model_validate(placement)
@@ -72,11 +81,25 @@ class UNetDeployment:
         self.prompts = PromptEmbeddings(self.bundle.tokenizer, self.bundle.text_encoder)
         self.identity = model_identity(self.bundle)
         self.metrics = UNetMetrics(role)
+        # The buckets follow the batch size that `reconfigure` sets; until then, the batch handler's default.
+        self.unet = maybe_compile(self.bundle.unet, settings.compile, BatchConfig().max_batch_size)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = BatchConfig.model_validate(user_config or {})
         self.predict.set_max_batch_size(config.max_batch_size)
         self.predict.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if isinstance(self.unet, CompiledUNet):
+            self.unet.max_samples = config.max_batch_size
+            self.warm_up()
+
+    def warm_up(self) -> tuple[int, ...]:
+        """Compile every batch bucket up to the max batch size for the default picture size (a no-op when the UNet
+        is not compiled; buckets compiled before are only run once). Returns the sample buckets run."""
+        if not isinstance(self.unet, CompiledUNet):
+            return ()
+        default = SampleRequest(image_prompt="-", audio_prompt="-")
+        shape = latent_shape(default.height, default.width, self.bundle.latent_channels)
+        return self.unet.warm_up(shape, int(self.bundle.tokenizer.model_max_length))
 
     def dropped_tokens(self, prompts: list[str]) -> list[int]:
         """Tokens each prompt loses to the text encoder's context (77 for CLIP); 0 for those that fit."""
@@ -90,6 +113,7 @@ class UNetDeployment:
             "identity": self.identity.__dict__,
             "dtype": dtype_name(self.bundle.dtype),
             "device": self.bundle.device.type,
+            "compiled": isinstance(self.unet, CompiledUNet),
             "context_tokens": int(self.bundle.tokenizer.model_max_length),
             "replica_pid": os.getpid(),
         }
@@ -114,7 +138,7 @@ class UNetDeployment:
         negatives = [p for item in items for p in item.negatives]
         guidance = torch.cat([item.guidance_scale for item in items])
         eps = predict_guided_eps(
-            self.bundle.unet, latents, timesteps, self.prompts.get(prompts), self.prompts.get(negatives), guidance
+            self.unet, latents, timesteps, self.prompts.get(prompts), self.prompts.get(negatives), guidance
         ).cpu()
         self.metrics.observe(len(latents), int(torch.unique(timesteps).numel()), len(items))
         outputs, start = [], 0

@@ -133,3 +133,35 @@ def test_samples_of_different_sizes_never_share_a_step():
     done = run(scheduler, log)
     assert set(done) == {"small", "large", "small2"}
     assert [p.keys for p in log] == [["small", "small2"]] * 2 + [["large"]] * 2
+
+
+def test_on_a_device_the_latents_and_the_step_tensors_stay_there():
+    """With `device`, latents and every tensor of a step's arithmetic live there from `add` to the end; the values
+    Python decides with (step indices, weights) stay on the host. "meta" stands in for an accelerator."""
+    scheduler = StepScheduler(SD15_SCHEDULER_CONFIG, max_batch_samples=3, device="meta")
+    requests = [request(steps=3, image_start_step=1), request(steps=4, image_start_step=0), request(steps=2)]
+    for index, req in enumerate(requests):
+        state = scheduler.add(str(index), req, torch.randn(SHAPE))
+        assert state.latents.device.type == "meta" and state.latents.dtype == torch.float32
+    finished = []
+    while scheduler.has_work():
+        plan = scheduler.schedule()
+        on_device = [plan.latents, plan.alpha_bar_t, plan.alpha_bar_prev]
+        for inputs in (plan.image, plan.audio):
+            on_device += [inputs.rows, inputs.latents, inputs.timesteps, inputs.guidance_scale]
+        assert all(t.device.type == "meta" for t in on_device)
+        assert all(t.device.type == "cpu" for t in (plan.step_index, plan.weight_image, plan.weight_audio))
+        eps = [torch.empty_like(i.latents) if len(i) else None for i in (plan.image, plan.audio)]
+        finished += scheduler.update(plan, *eps)
+    assert sorted(s.key for s in finished) == ["0", "1", "2"]
+    assert all(s.latents.device.type == "meta" for s in finished)
+
+
+def test_the_default_device_is_the_cpu():
+    scheduler = StepScheduler(SD15_SCHEDULER_CONFIG)
+    assert scheduler.device == torch.device("cpu")
+    noise = torch.randn(SHAPE)
+    state = scheduler.add("a", request(), noise)
+    assert state.latents.device.type == "cpu" and torch.equal(state.latents, noise)
+    state.latents += 1  # the master copy is the scheduler's own
+    assert not torch.equal(state.latents, noise)

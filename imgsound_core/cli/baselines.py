@@ -12,6 +12,7 @@ from typing import Any
 from imgsound_core.cli.common import (
     CliError,
     Subparsers,
+    add_compile_arg,
     add_model_args,
     add_resume_arg,
     add_sample_args,
@@ -50,6 +51,7 @@ def add_imprint_parser(sub: Subparsers) -> None:
     imprint.add_argument("--batch-size", type=positive_int, default=16, help="samples per UNet call [%(default)s]")
     add_resume_arg(imprint)
     add_model_args(imprint)
+    add_compile_arg(imprint)
 
 
 def cmd_imprint(args: argparse.Namespace) -> None:
@@ -88,7 +90,9 @@ def cmd_imprint(args: argparse.Namespace) -> None:
         return
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
-    sampler = ImprintSampler(image, audio, load_vocoder(args.vocoder, audio_bundle=audio), args.batch_size)
+    sampler = ImprintSampler(
+        image, audio, load_vocoder(args.vocoder, audio_bundle=audio), args.batch_size, compile=args.compile
+    )
     context = SampleContext(
         model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop, method="imprint"
     )

@@ -80,6 +80,19 @@ def add_model_args(
         add_device_args(parser)
 
 
+def add_compile_arg(parser: argparse.ArgumentParser) -> None:
+    """--compile / --no-compile of the commands that denoise with the two UNets (default: by device)."""
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the two UNets: batches are padded to buckets of 1, 2, 4, 8, … samples so that each "
+        "compiles once per picture size; the first run compiles (minutes for SD-1.5, seconds once the kernels are "
+        "cached in IMGSOUND_CACHE_DIR/torch-compile), then every step is faster. Same samples, same sample ids "
+        "[default: on with a CUDA --device, off on the CPU, where it needs a C++ compiler and rarely pays]",
+    )
+
+
 def add_if_model_args(parser: argparse.ArgumentParser) -> None:
     """--stage-1-model and --stage-2-model: the two DeepFloyd IF stages (defaults from the environment)."""
     from imgsound_core.defaults import DEFAULT_IF_STAGE_1, DEFAULT_IF_STAGE_2
