@@ -111,10 +111,14 @@ class SweepWorker:
         parts = audio_parts(self.spec.vocoder)
         self.audio = load_bundle(models.audio, "audio", parts=parts, device=self.device, dtype=dtype)
         self.vocoder = HiFiGANVocoder.from_bundle(self.audio) if self.spec.vocoder == "hifigan" else GriffinLimVocoder()
+        # Compiled (on CUDA by default) bucket by bucket as batches arrive: a sweep's batches are all one size
+        # but its last, so a warm-up of every bucket would compile graphs that never run.
         if method == "denoise":
-            self.sampler = Sampler(self.image, self.audio, self.vocoder, max_batch_samples=self.spec.batch_size)
+            self.sampler = Sampler(self.image, self.audio, self.vocoder, self.spec.batch_size, compile=models.compile)
         elif method == "imprint":
-            self.sampler = ImprintSampler(self.image, self.audio, self.vocoder, self.spec.batch_size)
+            self.sampler = ImprintSampler(
+                self.image, self.audio, self.vocoder, self.spec.batch_size, compile=models.compile
+            )
         self.context = SampleContext(
             model_identity(self.image),
             model_identity(self.audio),

@@ -9,6 +9,7 @@ import time
 from imgsound_core.cli.common import (
     CliError,
     Subparsers,
+    add_compile_arg,
     add_model_args,
     add_resume_arg,
     add_sample_args,
@@ -79,6 +80,7 @@ def add_generate_parser(sub: Subparsers) -> None:
     )
     add_resume_arg(gen)
     add_model_args(gen)
+    add_compile_arg(gen)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -107,6 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from imgsound_core.artifacts import render_artifacts, write_sample_dir
+    from imgsound_core.background import InOrderWorker
     from imgsound_core.identity import SampleContext, model_identity, sample_record
     from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
     from imgsound_core.sampler import Sampler
@@ -123,34 +126,45 @@ def cmd_generate(args: argparse.Namespace) -> None:
     audio = load_audio_bundle(args.audio_model, args.vocoder, device, dtype)
     vocoder = load_vocoder(args.vocoder, audio_bundle=audio)
     load_s = time.perf_counter() - t0
-    sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size)
+    sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size, compile=args.compile)
     context = SampleContext(model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop)
     truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
 
     total = sum(requests[i].steps for i in todo)
     finishing = "decoding, vocoding, writing" + (", video" if args.video else "")
+
+    def write(index: int, result) -> int:
+        """Encode and write one sample (on the writer thread, while the next samples denoise)."""
+        record = sample_record(
+            result.request,
+            context,
+            sample_index=index,
+            device=str(device),
+            timings_s={**result.timings_s, "model_load": load_s},
+            prompt_tokens_dropped=truncated,
+        )
+        try:
+            artifacts = render_artifacts(
+                result.image, result.spectrogram, result.waveform, record, crop=args.crop, video=args.video
+            )
+        except VideoError as error:
+            raise CliError(f"the video of sample {index} failed: {error}") from None
+        write_sample_dir(targets[index], artifacts, overwrite=args.overwrite or args.resume)
+        return index
+
     with (
         tqdm(total=total, unit="step", desc="denoising", disable=None, file=sys.stderr, position=0) as bar,
         tqdm(total=len(todo), unit="sample", desc=finishing, disable=None, file=sys.stderr, position=1) as done,
+        # Files are encoded and written on one thread, in order, while the accelerator goes on denoising; at most
+        # a decode batch and two more samples wait there, so memory stays bounded.
+        InOrderWorker(max_pending=sampler.decode_batch_size + 2) as writer,
     ):
-        for result in sampler.generate([requests[i] for i in todo], progress=bar.update):
-            index = todo[int(result.key)]  # keys are positions in the list generated
-            record = sample_record(
-                result.request,
-                context,
-                sample_index=index,
-                device=str(device),
-                timings_s={**result.timings_s, "model_load": load_s},
-                prompt_tokens_dropped=truncated,
-            )
-            try:
-                artifacts = render_artifacts(
-                    result.image, result.spectrogram, result.waveform, record, crop=args.crop, video=args.video
-                )
-            except VideoError as error:
-                raise CliError(f"the video of sample {index} failed: {error}") from None
-            write_sample_dir(targets[index], artifacts, overwrite=args.overwrite or args.resume)
+
+        def wrote(index: int) -> None:
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
             done.update(1)
+
+        for result in sampler.generate([requests[i] for i in todo], progress=bar.update):
+            writer.submit(write, todo[int(result.key)], result, then=wrote)  # keys: positions in the list generated
     if args.overwrite:
         remove_stale_samples(args.out, len(requests))
