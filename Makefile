@@ -30,8 +30,14 @@ demo: install
 		--image-prompt "a painting of castle towers, grayscale" --audio-prompt "bell ringing" \
 		--steps 20 --num-samples 2 --seed 1234 --crop --video --overwrite --out $(DEMO_OUT)
 	$(BIN)/imgsound audio-to-spectrogram $(DEMO_OUT)/sample_000/audio.wav $(DEMO_OUT)/sample_000.respectrogram.png
+	@echo "make: one more sample, started from a picture in the repository (docs/examples/make_castle.py draws it)"
+	$(BIN)/imgsound generate --image-model $(MODELS)/image --audio-model $(MODELS)/audio \
+		--image-prompt "a painting of castle towers, grayscale" --audio-prompt "bell ringing" \
+		--init-image docs/examples/castle.png --strength 0.6 \
+		--steps 20 --seed 1234 --crop --overwrite --out $(DEMO_OUT)-from-picture
 	$(BIN)/imgsound gallery $(DEMO_OUT) --out $(DEMO_OUT)-gallery --overwrite
-	@echo "demo: $(DEMO_OUT)/sample_000/ and sample_001/ (with video.mp4), the page $(DEMO_OUT)-gallery/index.html"
+	@echo "demo: $(DEMO_OUT)/sample_000/ and sample_001/ (with video.mp4), the page $(DEMO_OUT)-gallery/index.html,"
+	@echo "      and $(DEMO_OUT)-from-picture/sample_000/ (started from docs/examples/castle.png)"
 	@echo "      (tiny random-weight models: the content is noise; pass --image-model/--audio-model folders from"
 	@echo "      'imgsound download' for real pictures and sounds)"
 
@@ -50,7 +56,7 @@ bench: install
 	$(BIN)/python bench/bench_sampler.py --steps 20 --batch 16
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_OUT)-gallery models/tiny .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_OUT)-gallery $(DEMO_OUT)-from-picture models/tiny .pytest_cache .ruff_cache
 
 # The HTTP service on tiny CPU models (Ctrl-C stops it): http://127.0.0.1:8000/docs
 serve: install

@@ -1,7 +1,8 @@
-"""Latents → pixels: `vae.decode(z / scaling_factor)` mapped from [−1, 1] to [0, 1].
+"""Latents ↔ pixels: `vae.decode(z / scaling_factor)` mapped from [−1, 1] to [0, 1], and the way back.
 
 The picture comes from the image model's VAE, the spectrogram from the audio model's VAE (the mean of its three
-channels), as in the reference code: one latent, two decoders.
+channels), as in the reference code: one latent, two decoders. A source picture or sound (SDEdit) goes the other
+way, `z₀ = mean(vae.encode(x)) · scaling_factor` (`encode_pixels`).
 """
 
 from __future__ import annotations
@@ -33,3 +34,25 @@ def decode_latents(vae, latents: torch.Tensor, batch_size: int = 4, keep_on_devi
 def spectrogram_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
     """`(B, 3, H, W)` audio-VAE output → `(B, H, W)` grayscale spectrogram image (channel mean)."""
     return decoded.mean(dim=1)
+
+
+@torch.inference_mode()
+def encode_pixels(vae, pixels: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Encode `(B, 3, H, W)` pictures in [−1, 1] to `(B, C, H/8, W/8)` clean latents, `batch_size` at a time:
+
+        z₀ = mean of the VAE's latent distribution · scaling_factor
+
+    The mean rather than a draw, so a source gives one latent, whatever the device or the seed. Float32 on the CPU
+    (the noising and the scheduler's master latents are float32).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    scaling = float(vae.config.scaling_factor)
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    outputs = []
+    for start in range(0, pixels.shape[0], batch_size):
+        chunk = pixels[start : start + batch_size].to(device=device, dtype=dtype)
+        mean = vae.encode(chunk).latent_dist.mean
+        outputs.append((mean.float() * scaling).cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)

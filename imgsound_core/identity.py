@@ -4,7 +4,8 @@ The sample id names a sample's bytes: the output store keeps `<store>/<sample_id
 whose id it has seen, so the id must hash *everything that decides the output* and *nothing else*:
 
     sample_id = sha256(canonical JSON of {
-        "request": the method's request (prompts, negatives, seed, steps, scales, start steps, weight, size, …),
+        "request": the method's request (prompts, negatives, seed, steps, scales, start steps, weight, size, …;
+                   a source's SHA-256 and the strength only when the sample starts from a source),
         "context": {"image_model": model id, "audio_model": model id, "dtype", "vocoder", "crop"},
         "method":  "imprint" | "sds"   (absent for the paper's method, "denoise")
     })[:16 hex digits]
@@ -132,10 +133,17 @@ class SampleContext:
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
 
 
+def hashed_request(request: Any) -> dict[str, Any]:
+    """The request as the id hashes it: `identity_dict()` where the type has one (`SampleRequest` leaves out the
+    fields added later while they hold their defaults, so earlier ids never change), else `to_dict()`."""
+    identity_dict = getattr(request, "identity_dict", None)
+    return identity_dict() if callable(identity_dict) else request.to_dict()
+
+
 def sample_id(request: Any, context: SampleContext) -> str:
     """The sample id of `request` (a `SampleRequest`, `ImprintRequest` or `SDSSettings`) made in `context`."""
     return identity_hash(
-        request.to_dict(),
+        hashed_request(request),
         context.method,
         context.image_model.key,
         context.audio_model.key,

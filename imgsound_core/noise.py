@@ -2,6 +2,9 @@
 
 Sample i of a request with seed s is `torch.randn((1, C, h, w), generator=torch.Generator("cpu").manual_seed(s + i))`
 in float32; the caller casts and moves it. The global RNG is never touched.
+
+A sample that starts from a source (SDEdit) draws the very same ε and noises the source's clean latent z₀ to the
+timestep t_k of its first step k (`noised_latent`): z_k = √ᾱ_{t_k} · z₀ + √(1 − ᾱ_{t_k}) · ε.
 """
 
 from __future__ import annotations
@@ -25,3 +28,20 @@ def initial_latents(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.
     if not rows:
         return torch.empty((0, *shape))
     return torch.cat(rows, dim=0)
+
+
+def noised_latent(clean: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """The forward process in one jump: `√ᾱ · z₀ + √(1 − ᾱ) · ε`, in float32.
+
+    Args:
+        clean: z₀, the source's clean latent, `(C, h, w)` (any leading dims), already × the VAE scaling factor.
+        noise: ε of the same shape, e.g. `initial_latents([seed], shape)[0]`.
+        alpha_bar: ᾱ at the timestep of the sample's first step, a scalar (tensor or float).
+    Returns:
+        z_k, float32 on `clean`'s device.
+    """
+    if clean.shape != noise.shape:
+        raise ValueError(f"a clean latent of shape {tuple(clean.shape)} and noise of shape {tuple(noise.shape)}")
+    clean = clean.to(torch.float32)
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float32, device=clean.device)
+    return alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise.to(device=clean.device, dtype=torch.float32)

@@ -33,6 +33,7 @@ import numpy as np
 from imgsound_core import __version__
 from imgsound_core.audio import mel
 from imgsound_core.methods import request_fields
+from imgsound_core.request import LATER_FIELD_DEFAULTS
 
 PNG_KEY = "imgsound"
 # The JSON's schema; a reader refuses a major version it does not know.
@@ -42,7 +43,9 @@ SOFTWARE = f"imgsound {__version__}"
 REPRESENTATION = "auffusion-log-mel"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REQUEST_KEYS = request_fields("denoise")  # a baseline's record keeps its own request type's fields
+# The request fields every sample's provenance holds (a baseline's record keeps its own request type's fields). The
+# later source fields (a source's SHA-256, the strength) appear only when a sample starts from a source, as in the id.
+REQUEST_KEYS = tuple(key for key in request_fields("denoise") if key not in LATER_FIELD_DEFAULTS)
 # Everything else worth keeping from a sample record; timings, clocks, library versions and resolved local paths
 # are left out ("method" is set by the baselines' records).
 RECORD_KEYS = ("sample_id", "method", "vocoder", "dtype", "crop_columns", "audio_samples")
@@ -91,8 +94,13 @@ def mel_settings() -> dict[str, Any]:
 
 def sample_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
     """The reproducible part of a sample record (as the CLI, the server and the sweeps write it) plus the mel
-    settings. Keys missing from `record` are left out, so any record works."""
-    request = {key: record[key] for key in request_fields(record.get("method")) if key in record}
+    settings. Keys missing from `record` are left out, so any record works; the request is the one the sample id
+    hashes (a source's SHA-256 and the strength only for a sample started from a source)."""
+    request = {
+        key: record[key]
+        for key in request_fields(record.get("method"))
+        if key in record and (key not in LATER_FIELD_DEFAULTS or record[key] != LATER_FIELD_DEFAULTS[key])
+    }
     provenance: dict[str, Any] = {"format": FORMAT, "software": SOFTWARE}
     provenance.update({key: record[key] for key in RECORD_KEYS if key in record})
     provenance["request"] = request

@@ -27,6 +27,12 @@ MAX_SEED = 2**63 - 1
 WARM_START_PERCENT = 10
 # The reference code crops 32 pixel columns (0.32 s) off the right edge, where the decoders leave a dark band.
 CROP_COLUMNS = 32
+# Starting from a source picture or sound (SDEdit): the share of the schedule re-run when a source is given and no
+# strength is. 0.6 keeps the source's layout while leaving both models 60 % of the steps to make it their own.
+DEFAULT_INIT_STRENGTH = 0.6
+# Fields added after sample ids were first issued: at these values they are left out of the hashed request, so
+# every earlier sample keeps its id (`SampleRequest.identity_dict`).
+LATER_FIELD_DEFAULTS: dict[str, Any] = {"init_image_sha256": None, "init_audio_sha256": None, "strength": 1.0}
 
 
 class RequestError(ValueError):
@@ -73,6 +79,16 @@ def check_crop(crop: bool, width: int) -> None:
         raise RequestError(f"crop drops the last {CROP_COLUMNS} columns, so width must be more than that, got {width}")
 
 
+def first_step_index(steps: int, strength: float) -> int:
+    """The step index an SDEdit start begins at: `steps − round(strength · steps)`, at most `steps − 1` (at least one
+    step is run). Strength 1 is index 0 (the whole schedule); 0.6 of 100 steps is index 40."""
+    return min(steps - round(strength * steps), steps - 1)
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def content_id(payload: Mapping[str, Any]) -> str:
     """A stable id: the first 16 hex digits of SHA-256 over the canonical JSON of `payload`."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -87,6 +103,13 @@ class SampleRequest:
     100; `image_start_step=None` asks for that share of any step count), the audio model at step 0, audio weight
     0.5, 256×1024 pixels (a 4×32×128 latent, 10.24 s of 16 kHz audio), seed 0.
     `seed` is this sample's own seed (a request for N samples with seed s makes seeds s, s+1, …, s+N−1).
+
+    Starting from a source (SDEdit): `init_image_sha256` / `init_audio_sha256` name the bytes of a source picture /
+    sound (its file's SHA-256, lowercase hex) and `strength` (0 < s ≤ 1) the share of the schedule re-run: the
+    sample starts at step index `first_step_index(steps, strength)` from the source's latent noised to that step. The
+    caller supplies the source itself (`Sampler.generate(..., init=…)`); the request only names it, so that the id
+    names the sample's bytes. Strength 1 re-runs everything from pure noise: the source is ignored, so its hashes
+    are dropped here and the request (and its id) is plain generation's. Below 1 a source is required.
     """
 
     image_prompt: str
@@ -102,6 +125,9 @@ class SampleRequest:
     seed: int = 0
     height: int = 256
     width: int = 1024
+    init_image_sha256: str | None = None
+    init_audio_sha256: str | None = None
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
@@ -115,7 +141,7 @@ class SampleRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise RequestError(f"{name} must be an integer, got {value!r}")
-        for name in ("image_guidance", "audio_guidance", "audio_weight"):
+        for name in ("image_guidance", "audio_guidance", "audio_weight", "strength"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise RequestError(f"{name} must be a number, got {value!r}")
@@ -143,6 +169,24 @@ class SampleRequest:
                     f"{name} must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and {MAX_SIDE_PIXELS}, "
                     f"got {value}"
                 )
+        self._check_init()
+
+    def _check_init(self) -> None:
+        """The source fields: hashes are SHA-256 hex digests, 0 < strength ≤ 1, a source below 1, none at 1."""
+        for name in ("init_image_sha256", "init_audio_sha256"):
+            value = getattr(self, name)
+            if value is not None and not _is_sha256(value):
+                raise RequestError(f"{name} must be a SHA-256 digest (64 lowercase hex digits), got {value!r}")
+        if not 0.0 < self.strength <= 1.0:
+            raise RequestError(f"strength must be more than 0 and at most 1, got {self.strength}")
+        if self.strength == 1.0:
+            # The whole schedule from pure noise: no source reaches the sample, so none may name it (same id).
+            object.__setattr__(self, "init_image_sha256", None)
+            object.__setattr__(self, "init_audio_sha256", None)
+        elif self.init_image_sha256 is None and self.init_audio_sha256 is None:
+            raise RequestError(
+                f"strength {self.strength:g} starts from a source: give init_image_sha256 or init_audio_sha256"
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -154,7 +198,25 @@ class SampleRequest:
         return cls(**known_fields(cls, data))
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field (the record's and a sweep payload's form; `from_dict` reads it back)."""
         return dataclasses.asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """`to_dict()` less the later fields (`LATER_FIELD_DEFAULTS`) that hold their defaults: what the sample id
+        hashes, so that a request without a source has the id it had before sources existed."""
+        return {
+            k: v for k, v in self.to_dict().items() if k not in LATER_FIELD_DEFAULTS or v != LATER_FIELD_DEFAULTS[k]
+        }
+
+    @property
+    def start_index(self) -> int:
+        """The step index this sample starts at: 0, or `first_step_index(steps, strength)` from a source."""
+        return first_step_index(self.steps, self.strength)
+
+    @property
+    def steps_to_run(self) -> int:
+        """The DDIM steps this sample takes: `steps − start_index`."""
+        return self.steps - self.start_index
 
     def with_seed(self, seed: int) -> SampleRequest:
         return dataclasses.replace(self, seed=seed)

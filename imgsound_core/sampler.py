@@ -23,9 +23,11 @@ import torch
 from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
 from imgsound_core.compile import Backend, CompiledUNet, maybe_compile
 from imgsound_core.composition import guided_eps
-from imgsound_core.decode import decode_latents, spectrogram_from_decoded
+from imgsound_core.ddim import ddim_schedule
+from imgsound_core.decode import decode_latents, encode_pixels, spectrogram_from_decoded
+from imgsound_core.init_source import blend_latents
 from imgsound_core.models.bundle import ModelBundle, check_pair
-from imgsound_core.noise import initial_latents, latent_shape
+from imgsound_core.noise import initial_latents, latent_shape, noised_latent
 from imgsound_core.request import SampleRequest
 from imgsound_core.scheduler import ModelInputs, SampleState, StepPlan, StepScheduler
 from imgsound_core.text import TextEmbeddingCache
@@ -182,19 +184,41 @@ class Sampler:
             eps.record_stream(main)
         return results[0], results[1]
 
+    def source_latent(
+        self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None, audio_weight: float = 0.5
+    ) -> torch.Tensor:
+        """The clean latent z₀ `(C, H/8, W/8)` to start a sample from (SDEdit), float32 on the CPU.
+
+        `image` is a source picture, encoded by the image model's VAE; `audio` a source sound's mel picture,
+        encoded by the audio model's VAE: each VAE was trained on that kind of picture, and both encode into the
+        one latent space that both UNets denoise (Auffusion is a finetune of SD-1.5). Each is `(3, H, W)` in
+        [−1, 1] (`InitSource.pixels()`). With both, z₀ = (1 − w) · z_image + w · z_audio with w = `audio_weight`:
+        the weight the method already gives the two models' estimates (the plain average at the default 0.5).
+        """
+        image_latent = None if image is None else encode_pixels(self.image.vae, image[None])[0]
+        audio_latent = None if audio is None else encode_pixels(self.audio.vae, audio[None])[0]
+        return blend_latents(image_latent, audio_latent, audio_weight)
+
     def denoise(
         self,
         requests: Sequence[SampleRequest],
         progress: ProgressCallback | None = None,
         latents: Sequence[torch.Tensor] | None = None,
+        init: Sequence[torch.Tensor | None] | None = None,
     ) -> Iterator[tuple[SampleState, float]]:
         """Run the DDIM loop; yield `(state, seconds_in_flight)` for each sample as it finishes.
 
         `progress(n)` is called after every step with the number of sample-steps just taken. `latents`, one
         `(C, H/8, W/8)` per request, replaces the seed's initial noise (methods that draw their own, e.g. imprint).
+        `init`, one clean source latent z₀ `(C, H/8, W/8)` or None per request (`source_latent`), starts each
+        request whose strength is below 1 at its step index k = `request.start_index` from
+        z_k = √ᾱ_{t_k} · z₀ + √(1 − ᾱ_{t_k}) · ε, ε being the noise it would start from otherwise; a request at
+        strength 1 ignores its entry and starts from ε at step 0.
         """
         if latents is not None and len(latents) != len(requests):
             raise ValueError("one initial latent per request")
+        if init is not None and len(init) != len(requests):
+            raise ValueError("one source latent (or None) per request")
         scheduler = StepScheduler(self.scheduler_config, self.max_batch_samples, device=self.device)
         started: dict[str, float] = {}
         for index, request in enumerate(requests):
@@ -202,7 +226,17 @@ class Sampler:
             initial = initial_latents([request.seed], shape)[0] if latents is None else latents[index]
             if tuple(initial.shape) != shape:
                 raise ValueError(f"request {index}: an initial latent of shape {tuple(initial.shape)}, not {shape}")
-            scheduler.add(str(index), request, initial)
+            start = 0
+            if request.strength < 1.0:
+                clean = None if init is None else init[index]
+                if clean is None:
+                    raise ValueError(f"request {index} has strength {request.strength:g} but no source latent")
+                if tuple(clean.shape) != shape:
+                    raise ValueError(f"request {index}: a source latent of shape {tuple(clean.shape)}, not {shape}")
+                start = request.start_index
+                alpha_bar = ddim_schedule(self.scheduler_config, request.steps).alpha_bar_t[start]
+                initial = noised_latent(clean, initial, alpha_bar)
+            scheduler.add(str(index), request, initial, start_index=start)
         self.image_text.add([r.image_prompt for r in requests] + [r.image_negative for r in requests])
         self.audio_text.add([r.audio_prompt for r in requests] + [r.audio_negative for r in requests])
         while scheduler.has_work():
@@ -257,14 +291,18 @@ class Sampler:
         ]
 
     def generate(
-        self, requests: Sequence[SampleRequest], progress: ProgressCallback | None = None
+        self,
+        requests: Sequence[SampleRequest],
+        progress: ProgressCallback | None = None,
+        init: Sequence[torch.Tensor | None] | None = None,
     ) -> Iterator[SampleResult]:
         """Generate every request; yield results in the order samples finish (input order for equal step counts).
 
-        Finished samples are decoded in groups of `decode_batch_size` so memory stays bounded.
+        `init`: per request, the clean latent of its source or None (see `denoise`). Finished samples are decoded
+        in groups of `decode_batch_size` so memory stays bounded.
         """
         pending: list[tuple[SampleState, float]] = []
-        for item in self.denoise(requests, progress):
+        for item in self.denoise(requests, progress, init=init):
             pending.append(item)
             if len(pending) >= self.decode_batch_size:
                 yield from self.decode([s for s, _ in pending], [t for _, t in pending])

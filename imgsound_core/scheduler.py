@@ -12,7 +12,7 @@ each (`imgsound_core.transfer`), so a CUDA step loop never waits for the GPU. Th
 indices, the modality weights that pick each UNet's rows — stay on the host. With `device` None (the server's
 driver, whose UNets are remote), everything is on the CPU.
 
-    scheduler.add(key, request, latents)
+    scheduler.add(key, request, latents)               # or add(..., start_index=k): from step k (SDEdit)
     while scheduler.has_work():
         plan = scheduler.schedule()
         eps_image = run_unet(image_unet, plan.image)   # (len(plan.image.rows), C, h, w) or None
@@ -144,16 +144,25 @@ class StepScheduler:
             raise ValueError("max_batch_samples must be at least 1")
         self.device = torch.device("cpu") if self.device is None else torch.device(self.device)
 
-    def add(self, key: str, request: SampleRequest, latents: torch.Tensor) -> SampleState:
-        """Queue a sample; `latents` is its `(C, h, w)` initial noise (any device: it is copied to the scheduler's)."""
+    def add(self, key: str, request: SampleRequest, latents: torch.Tensor, start_index: int = 0) -> SampleState:
+        """Queue a sample; `latents` is its `(C, h, w)` latent at step index `start_index` (any device: it is copied
+        to the scheduler's).
+
+        From the start (`start_index` 0) that is the initial noise. A sample that starts mid-schedule (from a
+        source, SDEdit: `request.start_index`) takes the steps `start_index … steps − 1` only, each at its absolute
+        index, so its timesteps and warm-start weights are those of the full schedule.
+        """
         if key in self._states:
             raise ValueError(f"a sample with key {key!r} is already scheduled")
+        if isinstance(start_index, bool) or not isinstance(start_index, int) or not 0 <= start_index < request.steps:
+            raise ValueError(f"start_index must be a step index below steps ({request.steps}), got {start_index!r}")
         state = SampleState(
             key=key,
             request=request,
             # A copy of its own: the caller's tensor is never written through the master latent.
             latents=to_device(latents.detach().to(torch.float32), self.device).clone(),
             schedule=ddim_schedule(self.scheduler_config, request.steps),
+            step_index=start_index,
         )
         self._states[key] = state
         return state

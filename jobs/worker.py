@@ -29,12 +29,13 @@ from imgsound_core.artifacts import render_artifacts
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
 from imgsound_core.identity import SampleContext, model_identity, sample_id, sample_record
 from imgsound_core.imprint import ImprintSampler
+from imgsound_core.init_source import InitSourceError, source_sha256
 from imgsound_core.methods import REQUEST_TYPES
 from imgsound_core.models.bundle import audio_parts, load_bundle, parse_dtype
 from imgsound_core.sampler import Sampler
 from imgsound_core.text import prompt_truncation
 from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows
-from jobs.spec import SweepSpec
+from jobs.spec import SweepSpec, load_source, read_source
 from jobs.store import open_store
 
 URI_COLUMNS = {
@@ -128,6 +129,9 @@ class SweepWorker:
             method=method,
         )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.endpoint_url = endpoint_url
+        self._source_bytes: dict[str, tuple[str, bytes]] = {}  # sha256 → (uri, bytes), read once per worker
+        self._source_latents: dict[tuple, torch.Tensor] = {}  # (sources, size, audio weight) → clean latent
 
     def run(self, points: list[dict[str, Any]]) -> dict[str, Any]:
         """Generate `points` and store them (the worker needs an `output_uri`): `{"part", "sample_ids"}`."""
@@ -156,6 +160,9 @@ class SweepWorker:
 
     def _generate(self, requests: list) -> Iterator[Any]:
         """Results with `key`, `request`, `image`, `spectrogram`, `waveform`, `timings_s`, whatever the method."""
+        if self.spec.method == "denoise":
+            yield from self.sampler.generate(requests, init=[self._source_latent(r) for r in requests])
+            return
         if self.spec.method != "sds":
             yield from self.sampler.generate(requests)
             return
@@ -175,6 +182,48 @@ class SweepWorker:
                 waveform=waveform,
                 timings_s={"denoise": optimised - started, "decode": 0.0, "vocode": time.perf_counter() - optimised},
             )
+
+    def _source_latent(self, request) -> torch.Tensor | None:
+        """The clean latent a request starts from (None at strength 1), computed once per source and size."""
+        if request.strength >= 1.0:
+            return None
+        key = (
+            request.init_image_sha256,
+            request.init_audio_sha256,
+            request.height,
+            request.width,
+            request.audio_weight,
+        )
+        if key not in self._source_latents:
+            pictures = {}
+            for kind in ("image", "audio"):
+                digest = getattr(request, f"init_{kind}_sha256")
+                if digest is not None:
+                    uri, data = self._source(kind, digest)
+                    pictures[kind] = load_source(kind, data, request.height, request.width, uri).pixels()
+            self._source_latents[key] = self.sampler.source_latent(**pictures, audio_weight=request.audio_weight)
+        return self._source_latents[key]
+
+    def _source(self, kind: str, digest: str) -> tuple[str, bytes]:
+        """`(uri, bytes)` of the spec's source whose planned SHA-256 is `digest`, read here and checked against it:
+        a file changed since the sweep was planned would be stored under an id that names other bytes."""
+        if digest not in self._source_bytes:
+            planned = [f for k, f in self.spec.sources() if k == kind and f.sha256 == digest]
+            if not planned:
+                raise RuntimeError(f"no init_{kind}s entry of the spec has the planned SHA-256 {digest}")
+            uri = planned[0].uri
+            try:
+                data = read_source(uri, self.endpoint_url)
+            except InitSourceError as error:
+                raise RuntimeError(f"the source {error}") from None
+            found = source_sha256(data)
+            if found != digest:
+                raise RuntimeError(
+                    f"the source {uri} changed since the sweep was planned (SHA-256 {found}, planned {digest}); "
+                    "resubmit the sweep to plan it with the new bytes"
+                )
+            self._source_bytes[digest] = (uri, data)
+        return self._source_bytes[digest]
 
     def _sample(self, point: dict[str, Any], result) -> GeneratedSample:
         spec, request = self.spec, result.request

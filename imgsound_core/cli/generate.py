@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from imgsound_core.cli.common import (
     CliError,
@@ -78,15 +79,84 @@ def add_generate_parser(sub: Subparsers) -> None:
         help="also write video.mp4 in each sample folder: the spectrogram with a playhead, the sound and the prompts "
         "(`imgsound video` offers other layouts)",
     )
+    add_init_args(gen)
     add_resume_arg(gen)
     add_model_args(gen)
     add_compile_arg(gen)
 
 
+def add_init_args(parser: argparse.ArgumentParser) -> None:
+    """--init-image, --init-audio and --strength: start from a picture and/or a sound (SDEdit)."""
+    from imgsound_core.request import DEFAULT_INIT_STRENGTH
+
+    parser.add_argument(
+        "--init-image",
+        type=Path,
+        default=None,
+        metavar="PICTURE",
+        help="start from this picture (PNG, JPEG, WebP, GIF, BMP, TIFF): made grayscale, resized to exactly "
+        "--height × --width (LANCZOS), encoded by the image model's VAE, noised to the first step that --strength "
+        "leaves, then denoised by both models",
+    )
+    parser.add_argument(
+        "--init-audio",
+        type=Path,
+        default=None,
+        metavar="SOUND",
+        help="start from this sound (WAV, FLAC, OGG, MP3): mono, 16 kHz, cut or padded with silence to --width/100 "
+        "seconds, turned into Auffusion's log-mel picture and encoded by the audio model's VAE. With --init-image "
+        "too, the two latents are mixed as the estimates are: (1 - --audio-weight)·picture + --audio-weight·sound",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="share of the schedule re-run from the source, 0 < s <= 1: the sample starts at step "
+        "steps - round(s·steps) (at least one step is run); 1 is pure noise and ignores the source "
+        f"[{DEFAULT_INIT_STRENGTH:g} with a source, else 1]",
+    )
+
+
+def read_init_sources(args: argparse.Namespace) -> dict[str, tuple[Path, bytes]]:
+    """The source files named by --init-image / --init-audio: `{"image"|"audio": (path, bytes)}`, read (and their
+    size checked) before anything else; a missing or oversized file is a `CliError`."""
+    from imgsound_core.init_source import InitSourceError, read_source_file
+
+    found = {}
+    for kind, path in (("image", args.init_image), ("audio", args.init_audio)):
+        if path is None:
+            continue
+        try:
+            found[kind] = (path, read_source_file(path, f"--init-{kind} {path}"))
+        except InitSourceError as error:
+            raise CliError(str(error)) from None
+    return found
+
+
+def init_strength(args: argparse.Namespace, has_source: bool) -> float:
+    """--strength as given, or its default: `DEFAULT_INIT_STRENGTH` with a source, 1 without."""
+    from imgsound_core.request import DEFAULT_INIT_STRENGTH
+
+    strength = args.strength
+    if strength is None:
+        return DEFAULT_INIT_STRENGTH if has_source else 1.0
+    if not 0.0 < strength <= 1.0:  # NaN fails too
+        raise CliError(f"--strength must be more than 0 and at most 1, got {strength:g}")
+    if strength < 1.0 and not has_source:
+        raise CliError(
+            f"--strength {strength:g} re-runs part of the schedule from a source: give --init-image or --init-audio"
+        )
+    return strength
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
-    # Everything the user typed is checked before torch and the models are imported, let alone loaded.
+    # Everything the user typed is checked before torch and the models are imported, let alone loaded (a source
+    # sound's mel picture is the exception: it needs torch, but only once the file has been read and decoded).
+    from imgsound_core.init_source import InitSourceError, load_init_audio, load_init_image, source_sha256
     from imgsound_core.request import SampleRequest, check_crop
 
+    files = read_init_sources(args)
+    strength = init_strength(args, bool(files))
     request = SampleRequest(
         image_prompt=args.image_prompt,
         audio_prompt=args.audio_prompt,
@@ -101,10 +171,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         height=args.height,
         width=args.width,
+        init_image_sha256=source_sha256(files["image"][1]) if "image" in files else None,
+        init_audio_sha256=source_sha256(files["audio"][1]) if "audio" in files else None,
+        strength=strength,
     )
     requests = request.expand(args.num_samples)
     check_crop(args.crop, request.width)
     targets = sample_targets(args.out, len(requests), args.overwrite, args.resume)
+    sources = {}
+    try:
+        if "image" in files:
+            path, data = files["image"]
+            sources["image"] = load_init_image(data, request.height, request.width, name=f"--init-image {path}")
+        if "audio" in files:
+            path, data = files["audio"]
+            sources["audio"] = load_init_audio(data, request.width, request.height, name=f"--init-audio {path}")
+    except InitSourceError as error:
+        raise CliError(str(error)) from None
 
     from tqdm import tqdm
 
@@ -120,6 +203,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     todo = samples_to_make(args, targets, requests, "denoise")
     if not todo:
         return
+    # Said once everything has been checked, so that a refusal stays one line.
+    for source in sources.values():
+        if source.note:
+            print(f"imgsound: {source.note}", file=sys.stderr)
+    if sources and request.strength == 1.0:
+        flags = " and ".join(f"--init-{kind}" for kind in sources)
+        print(
+            f"imgsound: warning: --strength 1 starts from pure noise, so {flags} is ignored: the samples and their "
+            "ids are those of plain generation",
+            file=sys.stderr,
+        )
 
     t0 = time.perf_counter()
     image = load_bundle(args.image_model, "image", parts={"unet", "vae", "text"}, device=device, dtype=dtype)
@@ -129,8 +223,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sampler = Sampler(image, audio, vocoder, max_batch_samples=args.batch_size, compile=args.compile)
     context = SampleContext(model_identity(image), model_identity(audio), args.dtype, args.vocoder, args.crop)
     truncated = warn_truncated_prompts(request, image.tokenizer, audio.tokenizer)
+    init = None
+    if request.strength < 1.0:
+        # One clean latent for every sample of the request; each sample noises it with its own seed's ε.
+        clean = sampler.source_latent(
+            image=sources["image"].pixels() if "image" in sources else None,
+            audio=sources["audio"].pixels() if "audio" in sources else None,
+            audio_weight=request.audio_weight,
+        )
+        init = [clean] * len(todo)
 
-    total = sum(requests[i].steps for i in todo)
+    total = sum(requests[i].steps_to_run for i in todo)
     finishing = "decoding, vocoding, writing" + (", video" if args.video else "")
 
     def write(index: int, result) -> int:
@@ -164,7 +267,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             bar.write(f"wrote {targets[index]}", file=sys.stderr)
             done.update(1)
 
-        for result in sampler.generate([requests[i] for i in todo], progress=bar.update):
+        for result in sampler.generate([requests[i] for i in todo], progress=bar.update, init=init):
             writer.submit(write, todo[int(result.key)], result, then=wrote)  # keys: positions in the list generated
     if args.overwrite:
         remove_stale_samples(args.out, len(requests))
