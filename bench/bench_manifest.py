@@ -7,10 +7,12 @@ then times, for each size:
 
 - plan: expanding the grid (every sample id) and reading every part to find what is left: a resubmitted, finished
   sweep's "nothing to do" decision;
-- consolidate: `jobs.sweep.finalize`, which reads every part, keeps one row per grid point, merges the scores and
-  writes manifest.parquet;
+- consolidate: `jobs.sweep.finalize`, which reads every part, keeps one row per grid point, merges the scores,
+  writes manifest.parquet and compacts the parts;
 - merge scores: `jobs.score.read_scores` + `apply_scores` alone;
-- plan again once manifest.parquet exists (a resubmit after consolidation still lists and reads the parts).
+- plan again once manifest.parquet exists: consolidation compacted the per-batch parts into one manifest part and
+  one score part (`jobs.manifest.compact_parts`), so a resubmitted finished sweep reads three files, whatever its
+  size, besides expanding its grid.
 
     python bench/bench_manifest.py --sizes 1000 10000 100000 --json bench/results/cpu-manifest.json
     python bench/bench_manifest.py --store s3 --sizes 1000 10000 --json bench/results/cpu-manifest-moto.json
@@ -28,60 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyarrow as pa  # noqa: E402
-
-from imgsound_core.identity import ModelIdentity  # noqa: E402
-from jobs.manifest import COLUMNS, batch_part_key, parquet_bytes, table_from_rows  # noqa: E402
-from jobs.score import SCORE_SCHEMA, SCORES_PREFIX, apply_scores, read_scores  # noqa: E402
-from jobs.spec import SweepModels, SweepSpec, expand  # noqa: E402
+from jobs.manifest import MANIFEST_PREFIX  # noqa: E402
+from jobs.score import SCORES_PREFIX, apply_scores, read_scores  # noqa: E402
+from jobs.spec import expand  # noqa: E402
 from jobs.store import LocalStore, open_store  # noqa: E402
 from jobs.sweep import finalize, plan  # noqa: E402
-
-MODELS = SweepModels(ModelIdentity.of_hub("org/image", "1" * 40), ModelIdentity.of_hub("org/audio", "2" * 40))
-
-
-def spec_of(size: int, batch_size: int) -> SweepSpec:
-    samples_per_pair = 10
-    pairs = [{"image": f"picture {i}", "audio": f"sound {i}"} for i in range(size // samples_per_pair)]
-    return SweepSpec.model_validate(
-        {
-            "name": f"bench-{size}",
-            "pairs": pairs,
-            "samples_per_pair": samples_per_pair,
-            "params": {"steps": 100},
-            "batch_size": batch_size,
-        }
-    )
-
-
-def write_bookkeeping(store, points, batch_size: int) -> int:
-    """One manifest part and one score part per batch, as a finished, scored sweep leaves them."""
-    parts = 0
-    for start in range(0, len(points), batch_size):
-        batch = points[start : start + batch_size]
-        rows = []
-        for point in batch:
-            row = {column: None for column in COLUMNS}
-            row.update(point.request.to_dict())
-            row.update(
-                sample_id=point.sample_id,
-                sweep="bench",
-                method="denoise",
-                pair_index=point.pair_index,
-                sample_index=point.sample_index,
-                status="ok",
-                image_uri=f"file:///samples/{point.sample_id}/image.png",
-            )
-            rows.append({column: row[column] for column in COLUMNS})
-        ids = [p.sample_id for p in batch]
-        store.put_bytes(batch_part_key(ids), parquet_bytes(table_from_rows(rows)))
-        scores = pa.Table.from_pylist(
-            [{"sample_id": i, "clip_score": 0.3, "clap_score": 0.2, "clip_model": "c", "clap_model": "c"} for i in ids],
-            schema=SCORE_SCHEMA,
-        )
-        store.put_bytes(batch_part_key(ids, prefix=SCORES_PREFIX), parquet_bytes(scores))
-        parts += 1
-    return parts
+from tests.synthetic import MODELS, spec_of, write_bookkeeping  # noqa: E402
 
 
 def timed(action):
@@ -101,7 +55,8 @@ def measure(size: int, batch_size: int, make_store) -> dict[str, float]:
     assert rows == size
     merge_s, merged = timed(lambda: apply_scores(read_scores_table(store), read_scores(store)))
     assert merged.num_rows == size
-    replan_s, _ = timed(lambda: plan(spec, store, MODELS))
+    replan_s, (_, batches) = timed(lambda: plan(spec, store, MODELS))
+    assert batches == []
     return {
         "samples": size,
         "manifest_parts": parts,
@@ -109,6 +64,7 @@ def measure(size: int, batch_size: int, make_store) -> dict[str, float]:
         "plan_nothing_to_do_s": plan_s,
         "consolidate_s": consolidate_s,
         "merge_scores_s": merge_s,
+        "parts_after_compaction": len(store.list(MANIFEST_PREFIX)) + len(store.list(SCORES_PREFIX)),
         "plan_after_consolidation_s": replan_s,
         "write_synthetic_parts_s": write_s,
     }

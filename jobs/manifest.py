@@ -2,7 +2,8 @@
 
 Workers write `manifest/part-<batch id>.parquet` after the batch's artifacts exist (a row never names a missing
 file); the batch id is a hash of its sample ids, so a retried batch overwrites its own part instead of adding
-duplicates. `consolidate` merges the parts into `manifest.parquet`, one row per sample id.
+duplicates. `consolidate` merges the parts into `manifest.parquet`, one row per sample id, and `compact_parts`
+then replaces the many per-batch parts by one, so a resubmitted finished sweep reads two files, not thousands.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from jobs.store import Store
 
 MANIFEST_PREFIX = "manifest/"
 # What a sample id may look like wherever it becomes part of a store key (`samples/<sample_id>/…`): the core's ids
@@ -106,13 +111,40 @@ def read_parquet_bytes(data: bytes) -> pa.Table:
     return conform(pq.read_table(io.BytesIO(data)))
 
 
+def read_sample_ids(data: bytes) -> list[str]:
+    """The sample ids of a manifest part or file (its one column that planning needs)."""
+    return pq.read_table(io.BytesIO(data), columns=["sample_id"]).column("sample_id").to_pylist()
+
+
+def first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """The rows of `table` whose `key` value appears for the first time (in row order)."""
+    if table.num_rows == 0:
+        return table
+    position = pa.array(range(table.num_rows), pa.int64())
+    indexed = pa.table({key: table.column(key), "position": position})
+    first = indexed.group_by(key, use_threads=False).aggregate([("position", "min")]).column("position_min")
+    return table.take(pc.take(first, pc.sort_indices(first)))  # the first rows, in their original order
+
+
 def consolidate(tables: Iterable[pa.Table]) -> pa.Table:
     """One row per sample id (the first seen), sorted by (pair_index, sample_index, sample_id)."""
     tables = [conform(t) for t in tables]
     merged = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    rows = merged.to_pylist()
-    unique: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        unique.setdefault(row["sample_id"], row)
-    ordered = sorted(unique.values(), key=lambda r: (r["pair_index"], r["sample_index"], r["sample_id"]))
-    return pa.Table.from_pylist(ordered, schema=SCHEMA)
+    unique = first_per_key(merged, "sample_id")
+    return unique.sort_by([("pair_index", "ascending"), ("sample_index", "ascending"), ("sample_id", "ascending")])
+
+
+def compact_parts(store: Store, keys: Sequence[str], table: pa.Table, prefix: str = MANIFEST_PREFIX) -> str | None:
+    """Replace the parts `keys` — whose rows, one per sample id, are `table` — by one part; returns its key.
+
+    The merged part is named like a batch's, by the hash of all its sample ids. Exactly once holds at every moment:
+    it holds every row of the parts it replaces and is written before any of them is deleted, so a crash in
+    between leaves some rows twice, which every reader drops (the first row per sample id). Nothing to do for
+    fewer than two parts.
+    """
+    if len(keys) < 2:
+        return None
+    merged = batch_part_key(table.column("sample_id").to_pylist(), prefix)
+    store.put_bytes(merged, parquet_bytes(table))
+    store.delete_many([key for key in keys if key != merged])
+    return merged

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.manifest import MANIFEST_FILE, batch_part_key, conform, parquet_bytes, read_parquet_bytes
+from jobs.manifest import MANIFEST_FILE, batch_part_key, conform, first_per_key, parquet_bytes, read_parquet_bytes
 from jobs.spec import Scoring
 from jobs.store import Store, StoreError, open_store
 
@@ -116,29 +117,32 @@ class ScoreWorker:
 
 def read_scores(store: Store) -> pa.Table:
     """Every score part, one row per sample id (the first part in key order wins; parts never disagree on ids)."""
+    return read_score_parts(store)[1]
+
+
+def read_score_parts(store: Store) -> tuple[list[str], pa.Table]:
+    """The score parts' keys, and their rows as `read_scores` gives them."""
     keys = [k for k in store.list(SCORES_PREFIX) if k.endswith(".parquet")]
     tables = [pq.read_table(pa.BufferReader(store.get_bytes(k))).cast(SCORE_SCHEMA) for k in keys]
     merged = pa.concat_tables(tables) if tables else SCORE_SCHEMA.empty_table()
-    seen: set[str] = set()
-    keep = []
-    for sample_id in merged.column("sample_id").to_pylist():
-        keep.append(sample_id not in seen)
-        seen.add(sample_id)
-    return merged.filter(pa.array(keep, pa.bool_()))
+    return keys, first_per_key(merged, "sample_id")
 
 
 def apply_scores(manifest: pa.Table, scores: pa.Table) -> pa.Table:
-    """The manifest with its score columns filled from `scores` where a row has none yet."""
+    """The manifest with its score columns filled from `scores` where a row has none yet (row order kept)."""
     manifest = conform(manifest)
-    by_id = {row["sample_id"]: row for row in scores.to_pylist()}
-    rows = manifest.to_pylist()
-    for row in rows:
-        found = by_id.get(row["sample_id"])
-        if found is not None:
-            for name in SCORE_COLUMNS:
-                if row[name] is None:
-                    row[name] = found[name]
-    return pa.Table.from_pylist(rows, schema=manifest.schema)
+    if scores.num_rows == 0 or manifest.num_rows == 0:
+        return manifest
+    left = pa.table({"sample_id": manifest.column("sample_id"), "position": pa.array(range(manifest.num_rows))})
+    right = scores.select(["sample_id", *SCORE_COLUMNS]).rename_columns(
+        ["sample_id", *(f"new_{name}" for name in SCORE_COLUMNS)]
+    )
+    joined = left.join(right, "sample_id", join_type="left outer", use_threads=False).sort_by("position")
+    for name in SCORE_COLUMNS:
+        index = manifest.schema.get_field_index(name)
+        filled = pc.coalesce(manifest.column(name), joined.column(f"new_{name}"))
+        manifest = manifest.set_column(index, manifest.schema.field(name), filled)
+    return manifest
 
 
 def unscored_rows(manifest: pa.Table, scores: pa.Table) -> list[dict[str, str]]:

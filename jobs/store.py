@@ -18,7 +18,7 @@ import re
 import socket
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,11 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object at `key`, if any."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove the objects at `keys` (missing ones are no-ops); backends with a batch call use it."""
+        for key in keys:
+            self.delete(key)
 
     @abstractmethod
     def uri_for(self, key: str) -> str:
@@ -516,6 +521,20 @@ class S3Store(Store):
         uri = self.uri_for(key)
         with self._translated("delete", uri):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        # DeleteObjects takes up to 1000 keys a request: compaction deletes thousands of parts in a few requests.
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            with self._translated("delete", self.uri):
+                answer = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            failed = answer.get("Errors", [])
+            if failed:
+                first = failed[0]
+                raise StoreError(
+                    f"could not delete {len(failed)} objects under {self.uri} "
+                    f"(first: {first.get('Key')}: {first.get('Code')} {first.get('Message', '')})".rstrip()
+                )
 
 
 def _error_code(err: Any) -> str:

@@ -20,8 +20,19 @@ import sys
 import time
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from imgsound_core.models.bundle import ModelNotAvailableError
-from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, consolidate, parquet_bytes, read_parquet_bytes
+from jobs.manifest import (
+    MANIFEST_FILE,
+    MANIFEST_PREFIX,
+    compact_parts,
+    consolidate,
+    parquet_bytes,
+    read_parquet_bytes,
+    read_sample_ids,
+)
 from jobs.pipeline import point_payload  # noqa: F401 - re-exported for in-process runs
 from jobs.spec import GridPoint, SpecError, SweepModels, SweepSpec, expand, load_spec
 from jobs.store import Store, StoreError, open_store
@@ -64,7 +75,7 @@ def finished_ids(store: Store) -> set[str]:
     if store.exists(MANIFEST_FILE):
         keys.append(MANIFEST_FILE)
     for key in keys:
-        done.update(read_parquet_bytes(store.get_bytes(key)).column("sample_id").to_pylist())
+        done.update(read_sample_ids(store.get_bytes(key)))
     return done
 
 
@@ -156,21 +167,27 @@ def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | N
 
 
 def finalize(store: Store, points: list[GridPoint]) -> int:
-    """Consolidate the parts into manifest.parquet; check every grid point has exactly one row."""
+    """Consolidate the parts into manifest.parquet; check every grid point has exactly one row; then compact the
+    parts (manifest and scores) into one each, once the manifest that covers them is written."""
+    from jobs.score import SCORES_PREFIX, apply_scores, read_score_parts
+
     keys = [k for k in store.list(MANIFEST_PREFIX) if k.endswith(".parquet")]
-    tables = [read_parquet_bytes(store.get_bytes(k)) for k in keys]
+    parts = consolidate(read_parquet_bytes(store.get_bytes(k)) for k in keys)
+    tables = [parts]
     if store.exists(MANIFEST_FILE):
         tables.append(read_parquet_bytes(store.get_bytes(MANIFEST_FILE)))
-    wanted = {p.sample_id for p in points} | {p.legacy_id for p in points}
+    wanted = pa.array({p.sample_id for p in points} | {p.legacy_id for p in points}, pa.string())
     table = consolidate(tables)
-    table = table.filter([sid in wanted for sid in table.column("sample_id").to_pylist()])
+    table = table.filter(pc.is_in(table.column("sample_id"), value_set=wanted))
     present = set(table.column("sample_id").to_pylist())
     missing = [p for p in points if p.sample_id not in present and p.legacy_id not in present]
     if missing:
         raise SweepFailed(f"{len(missing)} grid points have no manifest row; resubmit to generate them")
-    from jobs.score import apply_scores, read_scores
-
-    store.put_bytes(MANIFEST_FILE, parquet_bytes(apply_scores(table, read_scores(store))))
+    score_keys, scores = read_score_parts(store)
+    store.put_bytes(MANIFEST_FILE, parquet_bytes(apply_scores(table, scores)))
+    # Rows of points no longer in the spec stay in the compacted part (the consolidated file drops them).
+    compact_parts(store, keys, parts)
+    compact_parts(store, score_keys, scores, prefix=SCORES_PREFIX)
     return table.num_rows
 
 

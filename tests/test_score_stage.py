@@ -72,13 +72,17 @@ def test_scores_survive_reconsolidation_and_are_never_computed_twice(generated):
     if not read_scores(store).num_rows:
         manifest = read_parquet_bytes(store.get_bytes(MANIFEST_FILE))
         ScoreWorker(spec.scoring.model_dump(), store.uri).run(unscored_rows(manifest, read_scores(store)))
-    parts_before = {k: store.get_bytes(k) for k in store.list(SCORES_PREFIX)}
+    scores_before = read_scores(store).sort_by("sample_id")
     finalize(store, points)  # a resubmitted sweep consolidates again: the scores must be in the result
     table = read_parquet_bytes(store.get_bytes(MANIFEST_FILE))
     for name in SCORE_COLUMNS:
         assert table.column(name).null_count == 0, name
     assert unscored_rows(table, read_scores(store)) == []
-    assert {k: store.get_bytes(k) for k in store.list(SCORES_PREFIX)} == parts_before
+    assert read_scores(store).sort_by("sample_id").equals(scores_before)  # the same scores, none recomputed
+    parts_after = {k: store.get_bytes(k) for k in store.list(SCORES_PREFIX)}
+    assert len(parts_after) == 1  # compacted into one part
+    finalize(store, points)
+    assert {k: store.get_bytes(k) for k in store.list(SCORES_PREFIX)} == parts_after  # a compacted part stays
 
 
 def test_apply_scores_keeps_existing_values_and_fills_only_nulls():

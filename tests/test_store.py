@@ -100,6 +100,16 @@ def test_round_trip(store: Store):
         store.get_bytes(key)
 
 
+def test_delete_many_removes_every_key_past_one_request_and_ignores_missing_ones(store: Store):
+    keys = [f"manifest/part-{i:05d}.parquet" for i in range(1003)]  # S3 deletes at most 1000 keys a request
+    for key in keys:
+        store.put_bytes(key, b"x")
+    store.put_bytes("manifest/keep.parquet", b"y")
+    store.delete_many([*keys, "manifest/never-written.parquet"])
+    assert store.list("manifest/") == ["manifest/keep.parquet"]
+    store.delete_many([])
+
+
 def test_empty_object_round_trips(store: Store):
     store.put_bytes("empty.bin", b"")
     assert store.exists("empty.bin")
