@@ -15,7 +15,8 @@ idempotent); an exception in our own code (a storage outage, models that are not
 and ends the sweep with its cause, and a resubmit generates only what has no manifest row.
 
 Resources per stage (logical, what Ray schedules on):
-    generate  num_gpus 1 (1 − SCORE_GPU_SHARE when scoring shares the GPU), or num_cpus 1 on a CPU cluster;
+    generate  num_gpus 1 (1 − SCORE_GPU_SHARE when scoring shares the GPU), or num_cpus 1 on a CPU cluster — where
+              it denoises with the node's cores / generators torch threads (IMGSOUND_WORKER_THREADS overrides);
     write     num_cpus 0.5 — mostly waiting on storage and ffmpeg, which has threads of its own;
     score     num_gpus SCORE_GPU_SHARE beside a generator, or num_cpus 0.5.
 """
@@ -50,6 +51,14 @@ def point_payload(point: GridPoint) -> dict[str, Any]:
     }
 
 
+def _node_cpus() -> int:
+    """The CPUs of the smallest node with CPUs in the cluster (a generator may land on any of them)."""
+    import ray
+
+    counts = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return min([c for c in counts if c > 0], default=1)
+
+
 def _threads() -> int | None:
     return int(os.environ.get("IMGSOUND_WORKER_THREADS", "0")) or None
 
@@ -57,10 +66,10 @@ def _threads() -> int | None:
 class GenerateSamples:
     """Stage 1: a `SweepWorker` (both models) per actor; one dataset row in, the batch's samples out."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], cpu_threads: int | None = None) -> None:
         from jobs.worker import SweepWorker
 
-        self.worker = SweepWorker(spec, torch_threads=_threads())
+        self.worker = SweepWorker(spec, torch_threads=_threads() or cpu_threads)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         generated = [pickle.dumps(self.worker.generate(json.loads(points)), protocol=5) for points in rows["points"]]
@@ -136,9 +145,13 @@ def sweep_dataset(
     runtime_env = {"env_vars": env_vars} if env_vars else None
     items = [{"points": json.dumps([point_payload(p) for p in batch])} for batch in batches]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    # Ray gives an actor of 1 CPU one torch thread. Denoising on a CPU cluster should use the node's cores (the
+    # writers mostly wait on storage), shared among the generators a node may hold.
+    cpu_threads = None if use_gpu else max(1, _node_cpus() // generators)
     dataset = dataset.map_batches(
         GenerateSamples,
-        fn_constructor_args=(spec.model_dump(),),
+        fn_constructor_args=(spec.model_dump(), cpu_threads),
+        resources=spec.worker_resources,
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=generators),
         num_gpus=(1 - SCORE_GPU_SHARE if score_on_gpu else 1) if use_gpu else 0,

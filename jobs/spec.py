@@ -155,6 +155,11 @@ class SweepSpec(BaseModel):
     output: str | None = Field(default=None, description="default output URI; --output overrides")
     batch_size: int = Field(default=16, ge=1, le=256, description="samples per worker call (one UNet batch)")
     workers: int | None = Field(default=None, ge=1, description="generating actors; default: one per GPU, else 1")
+    worker_resources: dict[str, float] | None = Field(
+        default=None,
+        description="custom Ray resources each generating actor asks for, besides its GPU (e.g. {accelerator: 1} on "
+        "nodes started with --resources), so they are placed one per node that offers them",
+    )
     writers: int | None = Field(
         default=None, ge=1, le=256, description="most actors encoding and uploading; default: 2 per generating actor"
     )

@@ -12,6 +12,7 @@ empty, `.` or `..` segments. A missing key read raises `FileNotFoundError` on bo
 from __future__ import annotations
 
 import contextlib
+import logging
 import mimetypes
 import os
 import re
@@ -48,6 +49,9 @@ _DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "AccountProblem"}
 _BAD_CREDENTIALS_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 _REASON_MAX_CHARS = 160
+
+
+LOG = logging.getLogger("imgsound.store")
 
 
 class StoreError(RuntimeError):
@@ -368,8 +372,32 @@ class S3Store(Store):
                 retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
             )
             # A session per store: boto3's default session is shared module state and not thread-safe.
-            self._client_instance = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+            client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+            client.meta.events.register_first("needs-retry.s3", self._log_retry)
+            self._client_instance = client
         return self._client_instance
+
+    def _log_retry(self, attempts: int, response=None, caught_exception=None, operation=None, **_: Any) -> None:
+        """Log each failed attempt that botocore is about to retry (throttling, 5xx, a reset connection), so that
+        retries show in a sweep's log; returns None, leaving the decision to botocore's own handler."""
+        if attempts >= self.max_attempts:
+            return None  # the last attempt: its error reaches the caller as a StoreError
+        if caught_exception is not None:
+            reason = type(caught_exception).__name__
+        elif response is not None and response[0].status_code >= 500:
+            reason = f"{response[1].get('Error', {}).get('Code', 'HTTP')} {response[0].status_code}"
+        else:
+            return None
+        name = getattr(operation, "name", "request")
+        LOG.warning(
+            "storage: %s to %s failed (%s), attempt %d of %d; retrying",
+            name,
+            self.uri,
+            reason,
+            attempts,
+            self.max_attempts,
+        )
+        return None
 
     @property
     def resolved_endpoint(self) -> str:

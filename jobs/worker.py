@@ -128,7 +128,7 @@ class SweepWorker:
             self.spec.crop,
             method=method,
         )
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = worker_name()
         self.endpoint_url = endpoint_url
         self._source_bytes: dict[str, tuple[str, bytes]] = {}  # sha256 → (uri, bytes), read once per worker
         self._source_latents: dict[tuple, torch.Tensor] = {}  # (sources, size, audio weight) → clean latent
@@ -270,6 +270,20 @@ class SweepWorker:
             waveform=_array(result.waveform),
             pictures={"spectrogram_original.png": _array(original)} if original is not None else {},
         )
+
+
+def worker_name() -> str:
+    """`host:pid`, and inside a Ray worker `host/node-id:pid`: nodes of one machine (or of one pod template) share a
+    host name, and the manifest's `worker` column should tell the nodes apart."""
+    name = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            name = f"{name}/{ray.get_runtime_context().get_node_id()[:12]}"
+    except ImportError:  # the worker runs without Ray (in-process sweeps, tests)
+        pass
+    return f"{name}:{os.getpid()}"
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -88,9 +88,32 @@ class ServeCluster:
 AUTH_TOKEN = secrets.token_hex(32)
 
 
+# Every Ray this process starts is confined: its own RAY_TMPDIR (so `address="auto"` in the processes given
+# `cluster_env()` finds this cluster and no other on the machine), free ports, and a marker in the environment of all
+# its processes, by which `stop_ray` ends exactly them — never another test run's or a user's Ray. Short: Ray's unix
+# sockets live under the folder (108 bytes at most).
+RAY_SCOPE_VARIABLE = "IMGSOUND_LOCAL_RAY"
+RAY_SCOPE = secrets.token_hex(8)
+RAY_TMPDIR = f"/tmp/ir-{RAY_SCOPE}"
+# Listeners of `ray start` that default to fixed ports: each gets a free one, unless the caller chose it.
+RAY_PORT_OPTIONS = (
+    "--port",
+    "--ray-client-server-port",
+    "--dashboard-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+
+
 def cluster_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
+        RAY_TMPDIR=RAY_TMPDIR,
+        **{RAY_SCOPE_VARIABLE: RAY_SCOPE},
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=AUTH_TOKEN,
         RAY_USAGE_STATS_ENABLED="0",
@@ -105,23 +128,64 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
-def stop_ray(env: dict[str, str]) -> None:
-    """`ray stop --force`: ends every Ray process of this machine."""
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+def scoped_processes(env: dict[str, str]) -> list[int]:
+    """The pids of the processes started with `env`'s Ray scope marker (a cluster's head, workers and actors)."""
+    needle = f"{RAY_SCOPE_VARIABLE}={env[RAY_SCOPE_VARIABLE]}".encode() + b"\0"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return pids
+
+
+def stop_ray(env: dict[str, str], timeout_s: float = 30) -> None:
+    """End the Ray processes started with `env` (its scope marker), and only those: SIGTERM, then SIGKILL."""
+    import signal
+
+    pids = scoped_processes(env)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5)
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+            _reap()
+            time.sleep(0.1)
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        if not pids:
+            return
+
+
+def _reap() -> None:
+    """Collect exited children of this process, so that they do not linger as zombies in /proc."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def start_ray_head(env: dict[str, str], *extra_args: str) -> None:
-    """A fresh `ray start --head` with 2 CPUs on a free port (after stopping any Ray left running)."""
+    """A fresh `ray start --head` with 2 CPUs, in `env`'s scope (after stopping what is left of it), on free ports."""
     stop_ray(env)
-    command = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--port", str(free_port())]
-    subprocess.run(
-        [*command, "--disable-usage-stats", *extra_args],
-        env=env,
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
+    Path(env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    command = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--disable-usage-stats", *extra_args]
+    for option in RAY_PORT_OPTIONS:
+        if option not in extra_args:
+            command += [option, str(free_port())]
+    subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, timeout=180)
+
+
+def session_dir(env: dict[str, str]) -> Path:
+    """The running cluster's session folder (its logs), as Ray records it under the scope's RAY_TMPDIR."""
+    return (Path(env["RAY_TMPDIR"]) / "ray" / "session_latest").resolve()
 
 
 def serve_config(

@@ -24,7 +24,7 @@ from PIL import Image
 from jobs.manifest import COLUMNS
 from jobs.spec import SpecError, SweepModels, expand, load_spec
 from jobs.sweep import main as sweep_main
-from serve.local import cluster_env, free_port, start_ray_head, stop_ray
+from serve.local import cluster_env, free_port, session_dir, start_ray_head, stop_ray
 from tests.s3_proxy import S3Proxy
 from tests.s3_server import MotoServer
 
@@ -58,7 +58,7 @@ def ray_cluster(s3):
     env = {**cluster_env(), **s3_credentials(s3)}
     dashboard_port = free_port()
     start_ray_head(env, "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port))
-    yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env, "session": ray_session_dir(env)}
+    yield {"dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env, "session": session_dir(env)}
     stop_ray(env)
 
 
@@ -84,9 +84,6 @@ def bucket(s3: MotoServer, name: str):
     return client
 
 
-def ray_session_dir(env: dict[str, str]) -> Path:
-    """The running cluster's session folder (its logs), as Ray records it."""
-    return Path("/tmp/ray/session_latest").resolve()
 
 
 def sweep_env(s3: MotoServer, ray_cluster, **extra) -> dict[str, str]:
