@@ -176,7 +176,9 @@ def start_ray_head(env: dict[str, str], *extra_args: str) -> None:
     """A fresh `ray start --head` with 2 CPUs, in `env`'s scope (after stopping what is left of it), on free ports."""
     stop_ray(env)
     Path(env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-    command = [str(BIN / "ray"), "start", "--head", "--num-cpus", "2", "--disable-usage-stats", *extra_args]
+    command = [str(BIN / "ray"), "start", "--head", "--disable-usage-stats", *extra_args]
+    if "--num-cpus" not in extra_args:
+        command += ["--num-cpus", "2"]
     for option in RAY_PORT_OPTIONS:
         if option not in extra_args:
             command += [option, str(free_port())]
