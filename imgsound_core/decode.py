@@ -7,6 +7,8 @@ way, `z₀ = mean(vae.encode(x)) · scaling_factor` (`encode_pixels`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
@@ -17,18 +19,23 @@ def decode_latents(vae, latents: torch.Tensor, batch_size: int = 4, keep_on_devi
     The images are on the CPU, or with `keep_on_device` on the VAE's device (for a next stage there, e.g. the
     vocoder, without a round trip through the host).
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
     scaling = float(vae.config.scaling_factor)
-    device = next(vae.parameters()).device
-    dtype = next(vae.parameters()).dtype
     outputs = []
-    for start in range(0, latents.shape[0], batch_size):
-        chunk = latents[start : start + batch_size].to(device=device, dtype=dtype)
+    for chunk in _on_vae(vae, latents, batch_size):
         pixels = vae.decode(chunk / scaling).sample
         pixels = (pixels.float() / 2 + 0.5).clamp(0, 1)
         outputs.append(pixels if keep_on_device else pixels.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def _on_vae(vae, batch: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """`batch` in chunks of `batch_size` rows, each on the VAE's device and in its dtype."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    for start in range(0, batch.shape[0], batch_size):
+        yield batch[start : start + batch_size].to(device=device, dtype=dtype)
 
 
 def spectrogram_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
@@ -45,14 +52,9 @@ def encode_pixels(vae, pixels: torch.Tensor, batch_size: int = 4) -> torch.Tenso
     The mean rather than a draw, so a source gives one latent, whatever the device or the seed. Float32 on the CPU
     (the noising and the scheduler's master latents are float32).
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
     scaling = float(vae.config.scaling_factor)
-    device = next(vae.parameters()).device
-    dtype = next(vae.parameters()).dtype
     outputs = []
-    for start in range(0, pixels.shape[0], batch_size):
-        chunk = pixels[start : start + batch_size].to(device=device, dtype=dtype)
+    for chunk in _on_vae(vae, pixels, batch_size):
         mean = vae.encode(chunk).latent_dist.mean
         outputs.append((mean.float() * scaling).cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)

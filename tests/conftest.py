@@ -59,3 +59,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server in a process of its own on loopback (tests/s3_server.py), one per test module."""
+    from tests.s3_server import MotoServer
+
+    server = MotoServer()
+    server.start()
+    yield server
+    server.stop()

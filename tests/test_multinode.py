@@ -17,18 +17,9 @@ from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, read_parquet_bytes
 from jobs.spec import SweepModels, expand, load_spec
 from jobs.store import open_store
 from tests.s3_proxy import S3Proxy
-from tests.s3_server import MotoServer
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,6 @@ import pytest
 
 from jobs.store import StoreError
 from serve.renderer import open_output_store
-from tests.s3_server import MotoServer
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_s3_output_store_is_checked_and_written(s3, monkeypatch):

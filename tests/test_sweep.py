@@ -33,14 +33,6 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 # Fake credentials that must appear nowhere a cluster's user can read: the S3 server on loopback accepts any.
 SECRET_ACCESS_KEY = "fake-secret-" + secrets.token_hex(12)
 ACCESS_KEY_ID = "AKIAFAKE" + secrets.token_hex(6).upper()
@@ -82,8 +74,6 @@ def bucket(s3: MotoServer, name: str):
     )
     client.create_bucket(Bucket=name)
     return client
-
-
 
 
 def sweep_env(s3: MotoServer, ray_cluster, **extra) -> dict[str, str]:
