@@ -147,6 +147,9 @@ def stop_ray(env: dict[str, str], timeout_s: float = 30) -> None:
     """End the Ray processes started with `env` (its scope marker), and only those: SIGTERM, then SIGKILL."""
     import signal
 
+    # The address file of the stopped cluster must go too, as `ray stop` removes it: else a later `ray.init()` in
+    # this scope (e.g. `serve run` starting its own Ray) would try to join the dead cluster instead of starting one.
+    (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").unlink(missing_ok=True)
     pids = scoped_processes(env)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
