@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 TABLE1_OUT ?= results/paper-table1
 TABLE1_ARGS ?=
 
-.PHONY: install demo test lint format bench clean serve paper-table1
+.PHONY: install demo test drills lint format bench clean serve paper-table1
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Fault drills on a multi-node Ray cluster on this machine (tests/test_multinode.py): minutes, so not in `make test`.
+drills: install
+	$(BIN)/python -m pytest -q -m drill
 
 lint: install
 	$(BIN)/ruff check .

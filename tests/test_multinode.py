@@ -19,7 +19,7 @@ from jobs.store import open_store
 from tests.s3_proxy import S3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.drill]
 
 
 @pytest.fixture(scope="module")
