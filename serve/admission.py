@@ -50,6 +50,16 @@ class Decision:
     message: str | None = None
 
 
+class Refused(Exception):
+    """A request the Gatekeeper did not admit: rate limited (429), full (503) or too large (422)."""
+
+    STATUS = {"rate_limited": 429, "queue_full": 503, "too_large": 422}
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.message or "the request was not admitted")
+        self.decision = decision
+
+
 @dataclass
 class _Bucket:
     tokens: float

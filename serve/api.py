@@ -124,3 +124,45 @@ class Health(BaseModel):
     status: Literal["ok"]
     samples_in_flight: int
     max_samples_in_flight: int
+
+
+class JobBody(GenerateBody):
+    """POST /v1/jobs: a /v1/generate body, run in the background. Its files go to the output store (URIs only:
+    `inline` is ignored), and are served at /v1/jobs/{job_id}/samples/{index}/{output}."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="http(s) URL that gets one POST of the final job JSON, signed "
+        "`X-Imgsound-Signature: sha256=<hex HMAC-SHA256 of the body>`",
+    )
+
+    def generation(self) -> GenerateBody:
+        """The /v1/generate body this job runs (its files by URI)."""
+        return GenerateBody.model_validate(self.model_dump(exclude={"webhook_url"}) | {"inline": False})
+
+    def to_requests(self, limits: Limits) -> list[SampleRequest]:
+        return self.generation().to_requests(limits)
+
+
+class JobSubmitted(BaseModel):
+    job_id: str
+    status_url: str
+
+
+class JobProgress(BaseModel):
+    steps_done: int
+    steps_total: int = Field(description="DDIM steps the job's samples take (0 until it starts)")
+
+
+class JobView(BaseModel):
+    """GET /v1/jobs/{job_id}; also each server-sent event's data, and the webhook's body."""
+
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: JobProgress
+    created: str = Field(description="ISO 8601, UTC")
+    finished: str | None = Field(default=None, description="ISO 8601, UTC; set once the job has ended")
+    samples: list[SampleOut] = Field(default_factory=list, description="as /v1/generate's, with URIs")
+    warnings: list[str] = Field(default_factory=list)
+    error: str | None = Field(default=None, description="why the job failed")

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve.config import API_KEYS_FILE_ENV, AppArgs
+from serve.config import API_KEYS_FILE_ENV, WEBHOOK_SECRET_FILE_ENV, AppArgs
 from serve.driver import Driver
 from serve.gallery import GalleryDeployment
 from serve.gatekeeper import GatekeeperDeployment
@@ -29,10 +29,13 @@ from serve.vocoder import VocoderDeployment
 
 def app_settings(args: dict[str, Any] | None = None) -> AppArgs:
     """`args` validated, with the key file of `IMGSOUND_API_KEYS_FILE` when the args name none (so that
-    `IMGSOUND_API_KEYS_FILE=keys make serve` is protected)."""
+    `IMGSOUND_API_KEYS_FILE=keys make serve` is protected), and the same for `IMGSOUND_WEBHOOK_SECRET_FILE`. Only
+    the files' names travel to the replicas, never what they hold."""
     settings = AppArgs.model_validate(args or {})
     if settings.auth.api_keys_file is None and os.environ.get(API_KEYS_FILE_ENV):
         settings.auth.api_keys_file = os.path.abspath(os.environ[API_KEYS_FILE_ENV])
+    if settings.jobs.webhook_secret_file is None and os.environ.get(WEBHOOK_SECRET_FILE_ENV):
+        settings.jobs.webhook_secret_file = os.path.abspath(os.environ[WEBHOOK_SECRET_FILE_ENV])
     return settings
 
 

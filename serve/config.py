@@ -15,6 +15,7 @@ from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 
 DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Renderer", "Gallery", "Gatekeeper", "Driver")
 API_KEYS_FILE_ENV = "IMGSOUND_API_KEYS_FILE"
+WEBHOOK_SECRET_FILE_ENV = "IMGSOUND_WEBHOOK_SECRET_FILE"
 
 
 class ModelPlacement(BaseModel):
@@ -98,6 +99,49 @@ class Auth(BaseModel):
     burst: int | None = Field(default=None, ge=1, description="samples a key may use at once (default: the rate)")
 
 
+class Jobs(BaseModel):
+    """Asynchronous jobs (`POST /v1/jobs`, serve/jobs.py): their queue, heartbeat, event streams and webhooks.
+
+    Jobs keep their state in the output store, so they need `output_store`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued: int = Field(
+        default=64, ge=0, description="jobs waiting for admission, per Driver replica; beyond this, 503 + Retry-After"
+    )
+    admission_poll_s: float = Field(default=0.5, gt=0, description="how often a queued job asks to be admitted")
+    heartbeat_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="a running job's state is rewritten at least this often; 5 intervals "
+        "without a write and readers report the job failed (its replica stopped)",
+    )
+    progress_interval_s: float = Field(default=0.5, gt=0, description="progress is written at most this often")
+    cancel_poll_s: float = Field(
+        default=0.5, gt=0, description="how often the running replica looks for a cancel sent to another replica"
+    )
+    events_poll_s: float = Field(
+        default=0.25, gt=0, description="event streams of jobs that run on another replica read the store this often"
+    )
+    events_keepalive_s: float = Field(default=15.0, gt=0, description="a comment line on a quiet event stream")
+    events_max_s: float = Field(default=900.0, gt=0, description="an event stream ends after this; clients reconnect")
+    webhook_secret_file: str | None = Field(
+        default=None,
+        description="the HMAC-SHA256 key of webhook signatures (at least 16 characters), read by every Driver "
+        "replica at start-up; default: the IMGSOUND_WEBHOOK_SECRET_FILE variable of `serve run`. Without one, a "
+        "job with a webhook_url is refused",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="call webhook hosts that resolve to loopback, private, link-local or other non-public "
+        "addresses (off: such URLs are a 422)",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="per delivery attempt")
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=1.0, ge=0, description="waits 1×, 2×, 4×, … this between attempts")
+
+
 class Renderer(BaseModel):
     """The Renderer deployment's CPU threads (PNG/WAV/MP4 encoding)."""
 
@@ -120,6 +164,7 @@ class AppArgs(BaseModel):
     resilience: Resilience = Resilience()
     auth: Auth = Auth()
     renderer: Renderer = Renderer()
+    jobs: Jobs = Jobs()
     output_store: str | None = Field(
         default=None,
         description="None: artifacts inline as base64; 'file:///dir', a folder or 's3://bucket/prefix': also "

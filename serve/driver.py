@@ -7,19 +7,23 @@ the core combines the estimates and takes the DDIM step, exactly as the CLI does
 sample with the same id (`imgsound_core.identity`). Everything else is another deployment's: admission is the
 Gatekeeper's (service-wide, so any number of Driver replicas share one limit), decoding the UNet's and the
 Vocoder's, files and store writes the Renderer's. Failed remote calls are retried (a step is a pure function of
-its inputs) and then answered with a 503. Nothing here is per-process state the service depends on: run as many
+its inputs) and then answered with a 503. Asynchronous jobs (`/v1/jobs`) run the very same `_generate` in the
+background; their state, heartbeat, cancellation and webhooks are serve/jobs.py's, and live in the output store, so
+any replica answers for any job. Nothing else here is per-process state the service depends on: run as many
 replicas as the HTTP load needs.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
@@ -32,13 +36,32 @@ from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import RequestError
 from imgsound_core.scheduler import ModelInputs, StepScheduler
 from imgsound_core.text import truncation_warning
-from jobs.store import StoreError
-from serve.admission import Decision
-from serve.api import GenerateBody, GenerateResponse, Health, SampleOut
+from jobs.store import StoreError, open_store
+from serve import playground
+from serve.admission import Refused
+from serve.api import (
+    OUTPUT_FILES,
+    GenerateBody,
+    GenerateResponse,
+    Health,
+    JobBody,
+    JobSubmitted,
+    JobView,
+    SampleOut,
+)
 from serve.auth import ApiKeys
 from serve.config import AppArgs
 from serve.gallery import NotFound, RangeNotSatisfiable, byte_range
 from serve.gallery import asset as gallery_file
+from serve.jobs import (
+    JobNotFound,
+    JobQueueFull,
+    JobRunner,
+    JobStateUnreadable,
+    StepHook,
+    WebhookRefused,
+    WebhookSecret,
+)
 from serve.metrics import DriverMetrics, fetch, node_metrics_urls, service_exposition
 
 logger = logging.getLogger("ray.serve")
@@ -49,13 +72,15 @@ api = FastAPI(
     description="Images that sound: spectrograms that look like a picture and play as natural audio.",
 )
 
-# The body schema of POST /v1/generate for the OpenAPI page: the route parses its body itself, after the API key.
-GENERATE_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
-    }
-}
+
+def body_schema(model: type) -> dict[str, Any]:
+    """A route's body schema for the OpenAPI page: the routes parse their bodies themselves, after the API key."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+GENERATE_OPENAPI = body_schema(GenerateBody)
+JOBS_OPENAPI = body_schema(JobBody)
+REPLICA_HEADER = "X-Imgsound-Replica"  # on job answers: which Driver replica answered
 
 
 def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -97,16 +122,6 @@ class ServiceUnavailable(Exception):
     """A deployment did not answer after the retries; the message says which."""
 
 
-class Refused(Exception):
-    """The Gatekeeper did not admit the request: rate limited (429), full (503) or too large (422)."""
-
-    STATUS = {"rate_limited": 429, "queue_full": 503, "too_large": 422}
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(decision.message or "the request was not admitted")
-        self.decision = decision
-
-
 class BodyRejected(Exception):
     """The request body was refused before it was parsed: too large (413), too slow (408), too many at once (429)."""
 
@@ -118,6 +133,14 @@ class BodyRejected(Exception):
 
 class InternalError(Exception):
     """A deployment raised on this request (a bug, not an outage): 500."""
+
+
+def replica_id() -> str:
+    """This Serve replica's id (random; names no host or path)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (unit tests of the class)
+        return "local"
 
 
 # Exceptions a deployment raises on purpose; they reach the Driver as themselves, not as a failure.
@@ -150,6 +173,25 @@ class Driver:
         self.samples_in_flight = 0  # this replica's share, for the gauge; the limit is the Gatekeeper's
         self.bodies_in_progress: dict[str, int] = {}  # client address → bodies it is still sending here
         self._model_info: dict[str, Any] | None = None
+        self.replica = replica_id()
+        self.jobs = self._job_runner()
+
+    def _job_runner(self) -> JobRunner | None:
+        """Jobs keep their state in the output store: none without one."""
+        if self.args.output_store is None:
+            return None
+        settings = self.args.jobs
+        secret_file = settings.webhook_secret_file
+        return JobRunner(
+            open_store(self.args.output_store),
+            settings,
+            replica=self.replica,
+            admit=lambda owner, samples: self._call("Gatekeeper", self.gatekeeper.admit, owner, samples),
+            release=lambda ticket: self.gatekeeper.release.remote(ticket),
+            user_errors=(RequestError, StoreError, ServiceUnavailable, InternalError),
+            webhook_secret=WebhookSecret.from_file(secret_file) if secret_file else None,
+            on_end=lambda status: self.metrics.jobs.inc(tags={"status": status}),
+        )
 
     # ---- remote calls -------------------------------------------------------------------------------------
     async def _call(self, deployment: str, method, *payload, work: float = 1.0, timeout_s: float | None = None):
@@ -232,13 +274,22 @@ class Driver:
         return await self._call(f"{model.capitalize()}UNet", handle.predict, inputs, work=work)
 
     # ---- the DDIM loop of one request -----------------------------------------------------------------------
-    async def _denoise(self, requests, info) -> tuple[torch.Tensor, float]:
-        """The clean latents `(N, C, h, w)`, and when (perf_counter) the first step was taken."""
+    async def _denoise(self, requests, info, on_step: StepHook | None = None) -> tuple[torch.Tensor, float]:
+        """The clean latents `(N, C, h, w)`, and when (perf_counter) the first step was taken.
+
+        `on_step(steps_done, steps_total)` is called before the first step and after each one (a job's progress);
+        what it raises ends the loop there, at a step boundary (a job's cancellation).
+        """
         scheduler = StepScheduler(info["image"]["scheduler_config"], max_batch_samples=len(requests))
         channels = info["image"]["latent_channels"]
+        states = []
         for index, request in enumerate(requests):
             shape = latent_shape(request.height, request.width, channels)
-            scheduler.add(str(index), request, initial_latents([request.seed], shape)[0])
+            states.append(scheduler.add(str(index), request, initial_latents([request.seed], shape)[0]))
+        steps_total = max(state.schedule.num_steps - state.step_index for state in states)
+        steps_done = 0
+        if on_step is not None:
+            on_step(steps_done, steps_total)
         finished = {}
         first_step_at = None
         while scheduler.has_work():
@@ -252,6 +303,9 @@ class Driver:
             done_at = time.perf_counter()
             first_step_at = first_step_at or done_at
             self.metrics.step_latency.observe(done_at - started)
+            steps_done += 1  # every sample of a request takes the same steps together
+            if on_step is not None:
+                on_step(steps_done, steps_total)
         return torch.stack([finished[i] for i in range(len(requests))]), first_step_at or time.perf_counter()
 
     async def _admit(self, key_label: str | None, count: int) -> str:
@@ -273,18 +327,29 @@ class Driver:
         fields = ("image_prompt", "image_negative", "audio_prompt", "audio_negative")
         return {field: n for field, n in zip(fields, [*image, *audio], strict=True) if n}
 
-    async def _generate(self, body: GenerateBody, requests, key_label: str | None) -> GenerateResponse:
+    async def _generate(
+        self,
+        body: GenerateBody,
+        requests,
+        key_label: str | None,
+        ticket: str | None = None,
+        on_step: StepHook | None = None,
+    ) -> GenerateResponse:
+        """The samples of a request: `/v1/generate`'s answer, and a job's work (already admitted: `ticket`, which
+        its caller then releases; `on_step` follows the steps, see `_denoise`)."""
         arrived = time.perf_counter()
         info = await self.model_info()
         context = self._context(info, body)
-        ticket = await self._admit(key_label, len(requests))
+        own_ticket = ticket is None
+        if own_ticket:
+            ticket = await self._admit(key_label, len(requests))
         # The prompts are the same for every sample; their length check runs beside the denoising, not before it.
         truncation = asyncio.create_task(self._truncation(requests[0]))
         self.samples_in_flight += len(requests)
         self.metrics.samples_in_flight.set(self.samples_in_flight)
         try:
             t0 = time.perf_counter()
-            latents, first_step_at = await self._denoise(requests, info)
+            latents, first_step_at = await self._denoise(requests, info, on_step)
             truncated = await truncation
             t1 = time.perf_counter()
             work = sum(request_work(request) for request in requests)
@@ -325,7 +390,8 @@ class Driver:
             truncation.cancel()  # done by now, unless the request failed before it was awaited
             self.samples_in_flight -= len(requests)
             self.metrics.samples_in_flight.set(self.samples_in_flight)
-            self._release(ticket)
+            if own_ticket:
+                self._release(ticket)
         samples = [
             SampleOut(
                 sample_id=record["sample_id"],
@@ -410,13 +476,10 @@ class Driver:
             status_code=503, content={"detail": message}, headers={"Retry-After": str(self.args.limits.retry_after_s)}
         )
 
-    # ---- HTTP ------------------------------------------------------------------------------------------------
-    @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_OPENAPI)
-    async def generate(self, request: Request):
-        # The key is checked before the body is read: an unauthenticated client gets nothing parsed.
-        key_label = self._authenticate(request)
+    async def _parse_body(self, request: Request, model: type[GenerateBody]) -> GenerateBody | JSONResponse:
+        """The body as `model`, or the answer to a body that is refused (413, 408, 429) or invalid (422)."""
         try:
-            body = GenerateBody.model_validate_json(await self._read_body(request))
+            return model.model_validate_json(await self._read_body(request))
         except BodyRejected as error:
             self.metrics.failures.inc(tags={"reason": f"body_{error.status}"})
             headers = {"Connection": "close"}  # a client that misbehaved once gets no keep-alive
@@ -426,6 +489,23 @@ class Driver:
         except ValidationError as error:
             self.metrics.failures.inc(tags={"reason": "invalid"})
             return validation_problem([{**e, "loc": ("body", *e.get("loc", ()))} for e in error.errors()])
+
+    @staticmethod
+    def _refused(error: Refused) -> JSONResponse:
+        headers = {}
+        if error.decision.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, round(error.decision.retry_after_s + 0.5)))
+        status = Refused.STATUS.get(error.decision.reason or "queue_full", 503)
+        return JSONResponse(status_code=status, content={"detail": str(error)}, headers=headers)
+
+    # ---- HTTP ------------------------------------------------------------------------------------------------
+    @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_OPENAPI)
+    async def generate(self, request: Request):
+        # The key is checked before the body is read: an unauthenticated client gets nothing parsed.
+        key_label = self._authenticate(request)
+        body = await self._parse_body(request, GenerateBody)
+        if isinstance(body, JSONResponse):
+            return body
         started = time.perf_counter()
         outcome = "internal"  # anything not answered below is a bug: counted as one
         try:
@@ -439,12 +519,7 @@ class Driver:
         except Refused as error:
             reason = error.decision.reason or "queue_full"
             outcome = {"too_large": "invalid"}.get(reason, reason)
-            headers = {}
-            if error.decision.retry_after_s is not None:
-                headers["Retry-After"] = str(max(1, round(error.decision.retry_after_s + 0.5)))
-            return JSONResponse(
-                status_code=Refused.STATUS.get(reason, 503), content={"detail": str(error)}, headers=headers
-            )
+            return self._refused(error)
         except StoreError as error:
             outcome = "store_unavailable"
             return self._unavailable(f"the output store failed: {error}")
@@ -457,6 +532,123 @@ class Driver:
             if outcome != "ok":
                 self.metrics.failures.inc(tags={"reason": outcome})
             self.metrics.request_latency.observe(time.perf_counter() - started, tags={"outcome": outcome})
+
+    # ---- asynchronous jobs (serve/jobs.py) ---------------------------------------------------------------------
+    def _runner(self) -> JobRunner:
+        if self.jobs is None:
+            raise HTTPException(
+                status_code=409,
+                detail="this server has no output store (args.output_store), which jobs keep their state and files "
+                "in: use POST /v1/generate",
+            )
+        return self.jobs
+
+    def _job_answer(self, content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(
+            status_code=status_code, content=content, headers={REPLICA_HEADER: self.replica, **(headers or {})}
+        )
+
+    @contextlib.contextmanager
+    def _job_lookup(self) -> Iterator[JobRunner]:
+        """The runner, with its lookup errors as HTTP: 404 for unknown ids, other keys' jobs, ids of the wrong shape
+        (and any id on a server without a store); 503 when the store cannot be read."""
+        if self.jobs is None:
+            raise HTTPException(status_code=404, detail="there is no such job: this server has no output store")
+        try:
+            yield self.jobs
+        except JobNotFound:
+            raise HTTPException(
+                status_code=404, detail="there is no such job (job ids come from POST /v1/jobs)"
+            ) from None
+        except (StoreError, JobStateUnreadable) as error:
+            raise HTTPException(
+                status_code=503,
+                detail=f"the job's state could not be read or written: {error}",
+                headers={"Retry-After": str(self.args.limits.retry_after_s)},
+            ) from None
+
+    async def _job_state(self, job_id: str, key_label: str | None):
+        with self._job_lookup() as runner:
+            return await runner.state(job_id, key_label)
+
+    @api.post("/v1/jobs", status_code=202, response_model=JobSubmitted, openapi_extra=JOBS_OPENAPI)
+    async def submit_job(self, request: Request):
+        """Start a /v1/generate body in the background: 202 with the job's id and status URL, at once."""
+        key_label = self._authenticate(request)
+        runner = self._runner()
+        body = await self._parse_body(request, JobBody)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            requests = body.to_requests(self.args.limits)
+            await runner.check_webhook(body.webhook_url)
+            generation = body.generation()
+
+            async def work(ticket: str, on_step: StepHook) -> tuple[list[dict[str, Any]], list[str]]:
+                answer = await self._generate(generation, requests, key_label, ticket, on_step)
+                return [sample.model_dump() for sample in answer.samples], answer.warnings
+
+            state = await runner.submit(owner=key_label, samples=len(requests), webhook_url=body.webhook_url, work=work)
+        except (RequestError, WebhookRefused) as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        except Refused as error:
+            return self._refused(error)
+        except JobQueueFull as error:
+            return self._unavailable(str(error))
+        except StoreError as error:
+            return self._unavailable(f"the output store failed: {error}")
+        except ServiceUnavailable as error:
+            return self._unavailable(str(error))
+        status_url = f"{request.url.path.rstrip('/')}/{state.job_id}"
+        return self._job_answer({"job_id": state.job_id, "status_url": status_url}, 202, {"Location": status_url})
+
+    @api.get("/v1/jobs/{job_id}", response_model=JobView)
+    async def job_status(self, job_id: str, request: Request):
+        """The job's status, progress and, once it succeeded, its samples (as /v1/generate's, by URI)."""
+        state = await self._job_state(job_id, self._authenticate(request))
+        return self._job_answer(state.public())
+
+    @api.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse)
+    async def job_events(self, job_id: str, request: Request):
+        """Server-sent events: `progress` (the job's JSON) on every change, `end` with the final state; then the
+        stream ends. Read it with the Authorization header (fetch() and a stream reader in a browser)."""
+        state = await self._job_state(job_id, self._authenticate(request))
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", REPLICA_HEADER: self.replica}
+        return StreamingResponse(self.jobs.events(state), media_type="text/event-stream", headers=headers)
+
+    @api.delete("/v1/jobs/{job_id}", response_model=JobView)
+    async def cancel_job(self, job_id: str, request: Request):
+        """Cancel: 202 and the job ends `cancelled` at its next step boundary (its slots freed); 200 and its state,
+        unchanged, when it had already ended."""
+        key_label = self._authenticate(request)
+        with self._job_lookup() as runner:
+            state, asked = await runner.cancel(job_id, key_label)
+        return self._job_answer(state.public(), 202 if asked else 200)
+
+    @api.get("/v1/jobs/{job_id}/samples/{index}/{output}")
+    async def job_file(self, job_id: str, index: int, output: str, request: Request) -> Response:
+        """One file of a finished job's sample (`output` as in the body's `outputs`); byte ranges served."""
+        state = await self._job_state(job_id, self._authenticate(request))
+        if not 0 <= index < len(state.samples) or output not in state.samples[index].get("uris", {}):
+            raise HTTPException(status_code=404, detail=f"the job has no {output[:40]!r} file for sample {index}")
+        sample_id = state.samples[index]["sample_id"]
+        content, media_type = await self._gallery_call(self.gallery.sample_file, sample_id, OUTPUT_FILES[output])
+        return self._ranged(content, media_type, request, {"Cache-Control": "private, max-age=3600"})
+
+    # ---- the playground (serve/playground.py) --------------------------------------------------------------------
+    @api.get("/", include_in_schema=False)
+    async def playground_page(self, request: Request) -> Response:
+        if not request.url.path.endswith("/"):  # under a route prefix: the page's links are relative
+            return RedirectResponse(url=request.url.path + "/", status_code=302)
+        return await self.playground_asset("index.html")
+
+    @api.get("/playground/{name}", include_in_schema=False)
+    async def playground_asset(self, name: str) -> Response:
+        try:
+            content, media_type = playground.asset(name)
+        except playground.UnknownAsset as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+        return Response(content=content, media_type=media_type, headers=playground.HEADERS)
 
     @api.get("/v1/health", response_model=Health)
     async def health(self) -> Health | JSONResponse:
@@ -517,11 +709,16 @@ class Driver:
     async def gallery_media(self, key: str, role: str, request: Request) -> Response:
         self._authenticate(request)
         content, media_type = await self._gallery_call(self.gallery.media, key, role)
+        return self._ranged(content, media_type, request, {"Cache-Control": "max-age=3600"})
+
+    @staticmethod
+    def _ranged(content: bytes, media_type: str, request: Request, headers: dict[str, str]) -> Response:
+        """The file, or the byte range the request asks for (206; 416 outside the file)."""
         try:
             span = byte_range(request.headers.get("range"), len(content))
         except RangeNotSatisfiable as error:
             return JSONResponse(status_code=416, content={"detail": str(error)})
-        headers = {"Accept-Ranges": "bytes", "Cache-Control": "max-age=3600"}
+        headers = {"Accept-Ranges": "bytes", **headers}
         if span is None:
             return Response(content=content, media_type=media_type, headers=headers)
         start, end = span

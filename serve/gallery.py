@@ -38,8 +38,18 @@ from imgsound_core.gallery import (
     unique_keys,
 )
 from jobs.gallery import StoreFiles, sample_folders
+from jobs.manifest import SAMPLE_ID_PATTERN
 
 MEDIA_TYPES = {".png": "image/png", ".wav": "audio/wav", ".webp": "image/webp", ".jpg": "image/jpeg"}
+# A job's files (serve/jobs.py), read by sample id and file name: only a sample folder's own files.
+SAMPLE_FILE_TYPES = {
+    "image.png": "image/png",
+    "spectrogram.png": "image/png",
+    "spectrogram.npy": "application/octet-stream",
+    "audio.wav": "audio/wav",
+    "sample.json": "application/json",
+    "video.mp4": "video/mp4",
+}
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 THUMBNAIL_CACHE_SIZE = 4096
 MAX_RANGE_DIGITS = 18  # byte offsets up to 10^18: parse no number longer than that
@@ -239,3 +249,14 @@ class GalleryDeployment:
 
     async def media(self, key: str, role: str) -> tuple[bytes, str]:
         return await asyncio.to_thread(self._gallery().media, key, role)
+
+    async def sample_file(self, sample_id: str, name: str) -> tuple[bytes, str]:
+        """A file of the sample folder `<sample_id>/` as the Renderer wrote it (a job's result: no listing needed,
+        so a sample is served the moment it is written)."""
+        if not SAMPLE_ID_PATTERN.fullmatch(sample_id) or name not in SAMPLE_FILE_TYPES:
+            raise NotFound("no such sample file")
+        store = self._gallery().store
+        try:
+            return await asyncio.to_thread(store.get_bytes, f"{sample_id}/{name}"), SAMPLE_FILE_TYPES[name]
+        except FileNotFoundError:
+            raise NotFound(f"{name} of sample {sample_id} is missing from the output store") from None

@@ -74,6 +74,9 @@ class DriverMetrics:
             "Remote calls retried after a failure, by the deployment called",
             tag_keys=("target",),
         )
+        self.jobs = metrics.Counter(
+            "imgsound_jobs_total", "Jobs that ended, by final status (POST /v1/jobs)", tag_keys=("status",)
+        )
 
 
 class UNetMetrics:

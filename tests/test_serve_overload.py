@@ -66,3 +66,12 @@ def test_a_timed_out_call_is_not_retried_and_its_work_is_dropped(service):
     assert status == 200
     assert total(service, "imgsound_remote_call_retries_total") == retries_before
     assert total(service, "imgsound_request_failures_total", reason="unavailable") >= 1
+
+
+def test_without_an_output_store_jobs_are_a_409_that_says_why(service):
+    """This service has no output store: jobs, which keep their state and files there, are refused clearly."""
+    status, _, body = http("POST", f"{service.url}/v1/jobs", TINY)
+    assert status == 409 and "no output store" in body["detail"] and "/v1/generate" in body["detail"]
+    status, _, body = http("GET", f"{service.url}/v1/jobs/{'A' * 32}")
+    assert status == 404 and "no output store" in body["detail"]
+    assert http("GET", f"{service.url}/")[0] == 200  # the playground page itself is there (and says so on submit)
