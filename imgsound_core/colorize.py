@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from imgsound_core.composition import append_dims
 from imgsound_core.models.deepfloyd import IF_UPSCALE, IFStage, check_if_pair, encode_if_prompts, guided_noise
+from imgsound_core.request import MAX_STEPS
 
 Components = tuple[torch.Tensor, ...]
 PROMPT_TEMPLATE = "a colorful photo of {}"  # the paper's form of colorization prompt
@@ -138,8 +139,8 @@ class ColorizeSettings:
     negative_prompt: str = ""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
         if not 0 <= self.start_step < self.steps:
             raise ValueError(
                 f"the start step must be between 0 and steps − 1 = {self.steps - 1}, got {self.start_step}"

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-MAX_STEPS = 1000  # the training schedule has 1000 timesteps; more DDIM steps than that is meaningless
+# The training schedule has 1000 timesteps, and SD's DDIM config offsets every step by one (`steps_offset: 1`):
+# 1000 DDIM steps would ask for timestep 1000, which does not exist, so 999 is the most.
+MAX_STEPS = 999
 MAX_PROMPT_CHARS = 1000
 MAX_GUIDANCE = 100.0
 MAX_SIDE_PIXELS = 4096

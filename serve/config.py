@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
+from imgsound_core.request import MAX_STEPS
 
 DEPLOYMENT_NAMES = ("ImageUNet", "AudioUNet", "Vocoder", "Renderer", "Gallery", "Gatekeeper", "Driver")
 API_KEYS_FILE_ENV = "IMGSOUND_API_KEYS_FILE"
@@ -40,7 +41,7 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_steps: int = Field(default=200, ge=1, le=1000)
+    max_steps: int = Field(default=200, ge=1, le=MAX_STEPS)
     max_samples_per_request: int = Field(default=8, ge=1)
     max_height: int = Field(default=512, ge=8)
     max_width: int = Field(default=2048, ge=8)

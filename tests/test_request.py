@@ -70,3 +70,18 @@ def test_the_warm_start_is_ten_percent_of_the_steps_unless_given():
     assert start(steps=20, audio_start_step=20) == 0  # "Stable Diffusion alone": the image model starts at once
     explicit = SampleRequest(image_prompt="a", audio_prompt="b", steps=20, image_start_step=2)
     assert SampleRequest(image_prompt="a", audio_prompt="b", steps=20) == explicit
+
+
+def test_the_most_steps_allowed_make_a_valid_schedule():
+    """Every step count a request accepts gives timesteps inside the training schedule (SD's steps_offset: 1 makes
+    1000 DDIM steps ask for timestep 1000)."""
+    from imgsound_core.ddim import ddim_schedule
+    from imgsound_core.models.tiny import SD15_SCHEDULER_CONFIG
+    from imgsound_core.request import MAX_STEPS, RequestError, SampleRequest
+
+    schedule = ddim_schedule(
+        SD15_SCHEDULER_CONFIG, SampleRequest(image_prompt="a", audio_prompt="b", steps=MAX_STEPS).steps
+    )
+    assert int(schedule.timesteps.max()) < SD15_SCHEDULER_CONFIG["num_train_timesteps"]
+    with pytest.raises(RequestError, match="steps"):
+        SampleRequest(image_prompt="a", audio_prompt="b", steps=MAX_STEPS + 1)
