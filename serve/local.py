@@ -182,9 +182,14 @@ def start_ray_head(env: dict[str, str], *extra_args: str) -> None:
     command = [str(BIN / "ray"), "start", "--head", "--disable-usage-stats", *extra_args]
     if "--num-cpus" not in extra_args:
         command += ["--num-cpus", "2"]
+    chosen = {int(extra_args[i + 1]) for i, arg in enumerate(extra_args[:-1]) if arg in RAY_PORT_OPTIONS}
     for option in RAY_PORT_OPTIONS:
         if option not in extra_args:
-            command += [option, str(free_port())]
+            port = free_port()
+            while port in chosen:  # the OS may hand a just-released port out again
+                port = free_port()
+            chosen.add(port)
+            command += [option, str(port)]
     subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, timeout=180)
 
 
@@ -223,7 +228,7 @@ def start(
     `api_key` authenticates the warm-up request when the app has keys configured.
     """
     env = cluster_env()
-    http_port, metrics_port = free_port(), free_port()
+    metrics_port = free_port()
     start_ray_head(
         env,
         "--node-ip-address",
@@ -233,6 +238,8 @@ def start(
         "--metrics-export-port",
         str(metrics_port),
     )
+    # Chosen once Ray listens on its own ports: a port picked earlier is free only until something binds it.
+    http_port = free_port()
     # Ray rewrites a loopback GCS address to the node's own address; "auto" reads the address `ray start` recorded.
     address = "auto"
     config_path = workdir / "serve.yaml"

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 KEY = "key-of-the-jobs-tests-00112233445566"
 OTHER_KEY = "another-key-of-the-jobs-tests-998877"
 SECRET = "webhook-secret-of-the-jobs-tests-0123456789"
-LIMITS = {"max_samples_in_flight": 8, "max_steps": 1000}
+LIMITS = {"max_samples_in_flight": 8, "max_steps": 999}
 JOBS = {
     "heartbeat_s": 0.5,
     "progress_interval_s": 0.1,
