@@ -70,3 +70,20 @@ def s3():
     server.start()
     yield server
     server.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: `playwright install` cannot download browsers here
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through playwright, for the pages' browser tests (the gallery, the playground)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: the browser tests need Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        )
+        yield launched
+        launched.close()

@@ -41,8 +41,6 @@ from imgsound_core.gallery import (
 )
 from jobs.gallery import collect_sweep_samples
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "gallery.png"
 IMGSOUND = Path(sys.executable).with_name("imgsound")
@@ -456,17 +454,6 @@ def test_console_script_missing_wav(tmp_path: Path) -> None:
 
 
 # ---- the page in Chromium -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: the gallery's browser tests need Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the gallery's browser tests need playwright")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture()

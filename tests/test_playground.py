@@ -19,8 +19,6 @@ from serve.local import http, start
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "playground.png"
 KEY = "key-of-the-playground-tests-0011223344"
@@ -40,17 +38,6 @@ def service(tiny_models, tmp_path_factory):
     )
     yield cluster
     cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: the playground's browser tests need Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playground's browser tests need playwright")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture()
