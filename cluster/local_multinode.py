@@ -43,6 +43,14 @@ NODE_VARIABLE = "IMGSOUND_LOCAL_RAY_NODE"
 ACCELERATOR = "accelerator"
 
 
+def _running(pid: int) -> bool:
+    """A pid that exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @dataclass
 class LocalCluster:
     """A head plus `workers` worker nodes, confined to one scope (RAY_TMPDIR and marker in `env`)."""
@@ -140,6 +148,13 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # SIGKILL is delivered asynchronously: return only once the raylets are gone (or zombies), so that a caller
+        # acts on a lost node rather than on one still exiting.
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in raylets):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {index}'s raylet survived SIGKILL for 30 s")
+            time.sleep(0.05)
         return raylets
 
     def stop(self) -> None:
