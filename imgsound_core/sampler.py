@@ -23,11 +23,10 @@ import torch
 from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
 from imgsound_core.compile import Backend, CompiledUNet, maybe_compile
 from imgsound_core.composition import guided_eps
-from imgsound_core.ddim import ddim_schedule
 from imgsound_core.decode import decode_latents, encode_pixels, spectrogram_from_decoded
 from imgsound_core.init_source import blend_latents
 from imgsound_core.models.bundle import ModelBundle, check_pair
-from imgsound_core.noise import initial_latents, latent_shape, noised_latent
+from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import SampleRequest
 from imgsound_core.scheduler import ModelInputs, SampleState, StepPlan, StepScheduler
 from imgsound_core.text import TextEmbeddingCache
@@ -226,17 +225,7 @@ class Sampler:
             initial = initial_latents([request.seed], shape)[0] if latents is None else latents[index]
             if tuple(initial.shape) != shape:
                 raise ValueError(f"request {index}: an initial latent of shape {tuple(initial.shape)}, not {shape}")
-            start = 0
-            if request.strength < 1.0:
-                clean = None if init is None else init[index]
-                if clean is None:
-                    raise ValueError(f"request {index} has strength {request.strength:g} but no source latent")
-                if tuple(clean.shape) != shape:
-                    raise ValueError(f"request {index}: a source latent of shape {tuple(clean.shape)}, not {shape}")
-                start = request.start_index
-                alpha_bar = ddim_schedule(self.scheduler_config, request.steps).alpha_bar_t[start]
-                initial = noised_latent(clean, initial, alpha_bar)
-            scheduler.add(str(index), request, initial, start_index=start)
+            scheduler.add_sample(str(index), request, initial, None if init is None else init[index])
         self.image_text.add([r.image_prompt for r in requests] + [r.image_negative for r in requests])
         self.audio_text.add([r.audio_prompt for r in requests] + [r.audio_negative for r in requests])
         while scheduler.has_work():

@@ -29,6 +29,7 @@ import torch
 
 from imgsound_core.composition import combine_eps, modality_weights
 from imgsound_core.ddim import DdimSchedule, ddim_schedule, ddim_step
+from imgsound_core.noise import noised_latent
 from imgsound_core.request import SampleRequest
 from imgsound_core.transfer import to_device
 
@@ -166,6 +167,28 @@ class StepScheduler:
         )
         self._states[key] = state
         return state
+
+    def add_sample(
+        self, key: str, request: SampleRequest, noise: torch.Tensor, source: torch.Tensor | None = None
+    ) -> SampleState:
+        """Queue a sample from its seed's noise ε `(C, h, w)`, and from `source`, the clean latent z₀ of the picture
+        or sound it starts from (SDEdit), when its strength is below 1.
+
+        At strength 1 the sample starts from ε at step 0 (a `source` is ignored). Below 1 it starts at step index
+        k = `request.start_index` from z_k = √ᾱ_{t_k} · z₀ + √(1 − ᾱ_{t_k}) · ε: the forward process in one jump,
+        with the sample's own noise, so the same seed and source give the same sample on any path.
+        """
+        if request.strength == 1.0:
+            return self.add(key, request, noise)
+        if source is None:
+            raise ValueError(f"sample {key!r} has strength {request.strength:g} but no source latent")
+        if source.shape != noise.shape:
+            raise ValueError(
+                f"sample {key!r}: a source latent of shape {tuple(source.shape)}, not {tuple(noise.shape)}"
+            )
+        start = request.start_index
+        alpha_bar = ddim_schedule(self.scheduler_config, request.steps).alpha_bar_t[start]
+        return self.add(key, request, noised_latent(source, noise, alpha_bar), start_index=start)
 
     def abort(self, key: str) -> SampleState | None:
         """Drop a sample (e.g. its client went away); returns its state, or None if unknown."""

@@ -5,12 +5,15 @@ Field names and defaults are the core `SampleRequest`'s (the paper's defaults); 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from imgsound_core.request import RequestError, SampleRequest, check_crop
+from imgsound_core.init_source import source_sha256
+from imgsound_core.request import DEFAULT_INIT_STRENGTH, RequestError, SampleRequest, check_crop
 from serve.config import Limits
 
 # The paper's defaults live in one place: the core request type.
@@ -28,6 +31,14 @@ OUTPUT_FILES = {
     "record": "sample.json",
     "video": "video.mp4",
 }
+
+
+# Body fields that name a source to start from (SDEdit); the request carries their SHA-256 instead.
+SOURCE_FIELDS = {"image": "init_image", "audio": "init_audio"}
+
+
+class SourceTooLarge(RequestError):
+    """A source (after base64) larger than `limits.max_source_bytes`: a 413."""
 
 
 class GenerateBody(BaseModel):
@@ -60,6 +71,21 @@ class GenerateBody(BaseModel):
     inline: bool = Field(
         default=True, description="return the outputs as base64; with an output store, false returns URIs only"
     )
+    init_image: str | None = Field(
+        default=None,
+        description="a picture to start from (SDEdit), base64 of its file (PNG, JPEG, WebP, GIF, BMP, TIFF): made "
+        "grayscale, resized to height × width and encoded by the image model's VAE",
+    )
+    init_audio: str | None = Field(
+        default=None,
+        description="a sound to start from (SDEdit), base64 of its file (WAV, FLAC, OGG, MP3): cut or padded to the "
+        "width's duration, turned into the audio model's log-mel picture and encoded by its VAE",
+    )
+    strength: float | None = Field(
+        default=None,
+        description=f"0 < s ≤ 1, the share of the schedule re-run from the source (1: pure noise, the source "
+        f"ignored); default {DEFAULT_INIT_STRENGTH} with a source, 1 without",
+    )
 
     @field_validator(
         "steps",
@@ -72,6 +98,7 @@ class GenerateBody(BaseModel):
         "num_samples",
         "height",
         "width",
+        "strength",
         mode="before",
     )
     @classmethod
@@ -97,10 +124,49 @@ class GenerateBody(BaseModel):
         for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
             if len(getattr(self, name)) > limits.max_prompt_chars:
                 raise RequestError(f"{name} is longer than {limits.max_prompt_chars} characters")
-        fields = self.model_dump(exclude={"num_samples", "vocoder", "crop", "outputs", "inline"})
-        requests = SampleRequest(**fields).expand(self.num_samples)
+        sources = self.source_bytes(limits)
+        strength = self.strength
+        if strength is None:
+            strength = DEFAULT_INIT_STRENGTH if sources else 1.0
+        elif strength < 1.0 and not sources:
+            raise RequestError(
+                f"strength {strength:g} re-runs part of the schedule from a source: give init_image or init_audio"
+            )
+        fields = self.model_dump(
+            exclude={"num_samples", "vocoder", "crop", "outputs", "inline", "strength", *SOURCE_FIELDS.values()}
+        )
+        hashes = {
+            f"{field}_sha256": source_sha256(sources[kind]) for kind, field in SOURCE_FIELDS.items() if kind in sources
+        }
+        requests = SampleRequest(**fields, **hashes, strength=strength).expand(self.num_samples)
         check_crop(self.crop, self.width)
         return requests
+
+    def source_bytes(self, limits: Limits) -> dict[str, bytes]:
+        """`{"image"|"audio": file bytes}` of the sources in the body: strict base64, not empty, at most
+        `limits.max_source_bytes` each (SourceTooLarge, checked before decoding). Whether the bytes are a picture or
+        a sound is the loader's to say (`imgsound_core.init_source`)."""
+        found = {}
+        for kind, field in SOURCE_FIELDS.items():
+            text = getattr(self, field)
+            if text is None:
+                continue
+            if len(text) // 4 * 3 > limits.max_source_bytes + 2:  # the decoded size, give or take the padding
+                raise SourceTooLarge(
+                    f"{field} is larger than {limits.max_source_bytes} bytes, the largest source this server takes"
+                )
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise RequestError(f"{field} is not base64 (RFC 4648, without line breaks)") from None
+            if not data:
+                raise RequestError(f"{field} is empty")
+            if len(data) > limits.max_source_bytes:
+                raise SourceTooLarge(
+                    f"{field} is larger than {limits.max_source_bytes} bytes, the largest source this server takes"
+                )
+            found[kind] = data
+        return found
 
 
 class SampleOut(BaseModel):

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgsound_core.init_source import MAX_SOURCE_BYTES
 from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 from imgsound_core.request import MAX_STEPS
 
@@ -51,7 +52,22 @@ class Limits(BaseModel):
     )
     retry_after_s: int = Field(default=5, ge=1)
     max_body_bytes: int = Field(
-        default=1 << 20, ge=1024, description="larger request bodies are a 413, refused before they are read"
+        default=12 << 20,
+        ge=1024,
+        description="larger request bodies are a 413, refused before they are read; the default holds two sources of "
+        "max_source_bytes in base64 (4/3 of their size)",
+    )
+    max_body_bytes_buffered: int = Field(
+        default=256 << 20,
+        ge=1024,
+        description="bytes of request bodies one Driver replica holds while they arrive, over all clients; a body "
+        "that would go beyond gets a 503 with Retry-After (memory stays bounded under many large sources)",
+    )
+    max_source_bytes: int = Field(
+        default=4 << 20,
+        ge=1,
+        le=MAX_SOURCE_BYTES,
+        description="the largest picture or sound file (init_image, init_audio) a request may start from (413)",
     )
     body_timeout_s: float = Field(default=10.0, gt=0, description="a body not received in full by then is a 408")
     max_body_reads_per_client: int = Field(

@@ -32,6 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from imgsound_core import __version__
 from imgsound_core.identity import ModelIdentity, SampleContext, sample_record
+from imgsound_core.init_source import InitSource, InitSourceError, blend_latents, load_init_audio, load_init_image
 from imgsound_core.noise import initial_latents, latent_shape
 from imgsound_core.request import RequestError
 from imgsound_core.scheduler import ModelInputs, StepScheduler
@@ -48,6 +49,7 @@ from serve.api import (
     JobSubmitted,
     JobView,
     SampleOut,
+    SourceTooLarge,
 )
 from serve.auth import ApiKeys
 from serve.config import AppArgs
@@ -108,6 +110,10 @@ def latent_work(latent_hw: tuple[int, int]) -> float:
     return latent_hw[0] * latent_hw[1] * 64 / UNIT_PIXELS
 
 
+async def nothing() -> None:
+    """An awaitable for a call not made (see `both`)."""
+
+
 async def both(first, second) -> tuple[Any, Any]:
     """Await two calls at once; when one fails, the other is cancelled (not left running for nobody)."""
     try:
@@ -116,6 +122,18 @@ async def both(first, second) -> tuple[Any, Any]:
     except BaseExceptionGroup as group_error:
         raise group_error.exceptions[0] from None  # the first failure, as the callers' except clauses expect
     return tasks[0].result(), tasks[1].result()
+
+
+def source_warnings(sources: dict[str, InitSource], strength: float) -> list[str]:
+    """What the answer says of its sources: a sound cut or padded to the width, and sources ignored at strength 1."""
+    warnings = [source.note for source in sources.values() if source.note]
+    if sources and strength == 1.0:
+        fields = " and ".join(f"init_{kind}" for kind in sources)
+        warnings.append(
+            f"strength 1 starts from pure noise, so {fields} is ignored: the samples and their ids are those of "
+            "plain generation"
+        )
+    return warnings
 
 
 class ServiceUnavailable(Exception):
@@ -172,6 +190,7 @@ class Driver:
         self.metrics = DriverMetrics()
         self.samples_in_flight = 0  # this replica's share, for the gauge; the limit is the Gatekeeper's
         self.bodies_in_progress: dict[str, int] = {}  # client address → bodies it is still sending here
+        self.body_bytes_buffered = 0  # bytes of bodies still arriving, over every client
         self._model_info: dict[str, Any] | None = None
         self.replica = replica_id()
         self.jobs = self._job_runner()
@@ -274,8 +293,13 @@ class Driver:
         return await self._call(f"{model.capitalize()}UNet", handle.predict, inputs, work=work)
 
     # ---- the DDIM loop of one request -----------------------------------------------------------------------
-    async def _denoise(self, requests, info, on_step: StepHook | None = None) -> tuple[torch.Tensor, float]:
+    async def _denoise(
+        self, requests, info, on_step: StepHook | None = None, source: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
         """The clean latents `(N, C, h, w)`, and when (perf_counter) the first step was taken.
+
+        `source`, the clean latent of the picture/sound the requests start from (below strength 1), is noised with
+        each sample's own seed to its first step (`StepScheduler.add_sample`), as the CLI does.
 
         `on_step(steps_done, steps_total)` is called before the first step and after each one (a job's progress);
         what it raises ends the loop there, at a step boundary (a job's cancellation).
@@ -285,7 +309,8 @@ class Driver:
         states = []
         for index, request in enumerate(requests):
             shape = latent_shape(request.height, request.width, channels)
-            states.append(scheduler.add(str(index), request, initial_latents([request.seed], shape)[0]))
+            noise = initial_latents([request.seed], shape)[0]
+            states.append(scheduler.add_sample(str(index), request, noise, source))
         steps_total = max(state.schedule.num_steps - state.step_index for state in states)
         steps_done = 0
         if on_step is not None:
@@ -307,6 +332,44 @@ class Driver:
             if on_step is not None:
                 on_step(steps_done, steps_total)
         return torch.stack([finished[i] for i in range(len(requests))]), first_step_at or time.perf_counter()
+
+    async def _load_sources(self, body: GenerateBody, request) -> dict[str, InitSource]:
+        """The body's sources as pictures for their VAEs, decoded and checked before any admission or model work:
+        SourceTooLarge (a 413), RequestError or InitSourceError (a 422) otherwise. Decoding runs in a thread (a
+        large JPEG or MP3 takes a moment), so the replica keeps answering meanwhile."""
+        data = body.source_bytes(self.args.limits)
+        if not data:
+            return {}
+
+        def load() -> dict[str, InitSource]:
+            loaded = {}
+            if "image" in data:
+                loaded["image"] = load_init_image(data["image"], request.height, request.width, name="init_image")
+            if "audio" in data:
+                loaded["audio"] = load_init_audio(data["audio"], request.width, request.height, name="init_audio")
+            return loaded
+
+        return await asyncio.to_thread(load)
+
+    async def _source_latent(self, sources: dict[str, InitSource], request) -> torch.Tensor | None:
+        """z₀ `(C, h, w)` of the request's sources: the picture by the image model's VAE (the ImageUNet deployment
+        holds it), the sound's mel picture by the audio model's VAE (the Vocoder's), blended by the audio weight as
+        the CLI does (`Sampler.source_latent`); None at strength 1, where the sources are ignored."""
+        if not sources or request.strength == 1.0:
+            return None
+        work = request_work(request)
+
+        def encode(role: str, deployment: str, handle: DeploymentHandle):
+            if role not in sources:
+                return nothing()
+            return self._call(deployment, handle.encode, sources[role].pixels()[None], work=work)
+
+        image, audio = await both(
+            encode("image", "ImageUNet", self.image_unet), encode("audio", "Vocoder", self.vocoder)
+        )
+        return blend_latents(
+            None if image is None else image[0], None if audio is None else audio[0], request.audio_weight
+        )
 
     async def _admit(self, key_label: str | None, count: int) -> str:
         decision = await self._call("Gatekeeper", self.gatekeeper.admit, key_label, count)
@@ -334,9 +397,11 @@ class Driver:
         key_label: str | None,
         ticket: str | None = None,
         on_step: StepHook | None = None,
+        sources: dict[str, InitSource] | None = None,
     ) -> GenerateResponse:
         """The samples of a request: `/v1/generate`'s answer, and a job's work (already admitted: `ticket`, which
-        its caller then releases; `on_step` follows the steps, see `_denoise`)."""
+        its caller then releases; `on_step` follows the steps, see `_denoise`). `sources`: the pictures/sounds it
+        starts from (`_load_sources`)."""
         arrived = time.perf_counter()
         info = await self.model_info()
         context = self._context(info, body)
@@ -349,7 +414,8 @@ class Driver:
         self.metrics.samples_in_flight.set(self.samples_in_flight)
         try:
             t0 = time.perf_counter()
-            latents, first_step_at = await self._denoise(requests, info, on_step)
+            source = await self._source_latent(sources or {}, requests[0])
+            latents, first_step_at = await self._denoise(requests, info, on_step, source)
             truncated = await truncation
             t1 = time.perf_counter()
             work = sum(request_work(request) for request in requests)
@@ -407,6 +473,7 @@ class Driver:
         warnings = [
             truncation_warning(field, n, info[field.split("_")[0]]["context_tokens"]) for field, n in truncated.items()
         ]
+        warnings += source_warnings(sources or {}, requests[0].strength)
         return GenerateResponse(
             samples=samples,
             timings_s={
@@ -451,12 +518,23 @@ class Driver:
             )
         self.bodies_in_progress[client] = self.bodies_in_progress.get(client, 0) + 1
 
+        received = 0
+
         async def receive() -> bytes:
-            chunks, size = [], 0
+            nonlocal received
+            chunks = []
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > limits.max_body_bytes:
+                if received + len(chunk) > limits.max_body_bytes:
                     raise BodyRejected(413, f"the request body is larger than {limits.max_body_bytes} bytes")
+                if self.body_bytes_buffered + len(chunk) > limits.max_body_bytes_buffered:
+                    # Many large bodies at once (sources, in base64): memory is bounded for the replica as a whole.
+                    raise BodyRejected(
+                        503,
+                        "this replica is receiving too many large request bodies; retry later",
+                        limits.retry_after_s,
+                    )
+                received += len(chunk)
+                self.body_bytes_buffered += len(chunk)
                 chunks.append(chunk)
             return b"".join(chunks)
 
@@ -465,6 +543,7 @@ class Driver:
         except TimeoutError:
             raise BodyRejected(408, f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
         finally:
+            self.body_bytes_buffered -= received
             remaining = self.bodies_in_progress[client] - 1
             if remaining:
                 self.bodies_in_progress[client] = remaining
@@ -510,10 +589,14 @@ class Driver:
         outcome = "internal"  # anything not answered below is a bug: counted as one
         try:
             requests = body.to_requests(self.args.limits)
-            response = await self._generate(body, requests, key_label)
+            sources = await self._load_sources(body, requests[0])
+            response = await self._generate(body, requests, key_label, sources=sources)
             outcome = "ok"
             return response
-        except RequestError as error:
+        except SourceTooLarge as error:
+            outcome = "invalid"
+            raise HTTPException(status_code=413, detail=str(error)) from None
+        except (RequestError, InitSourceError) as error:
             outcome = "invalid"
             raise HTTPException(status_code=422, detail=str(error)) from None
         except Refused as error:
@@ -581,15 +664,18 @@ class Driver:
             return body
         try:
             requests = body.to_requests(self.args.limits)
+            sources = await self._load_sources(body, requests[0])
             await runner.check_webhook(body.webhook_url)
             generation = body.generation()
 
             async def work(ticket: str, on_step: StepHook) -> tuple[list[dict[str, Any]], list[str]]:
-                answer = await self._generate(generation, requests, key_label, ticket, on_step)
+                answer = await self._generate(generation, requests, key_label, ticket, on_step, sources)
                 return [sample.model_dump() for sample in answer.samples], answer.warnings
 
             state = await runner.submit(owner=key_label, samples=len(requests), webhook_url=body.webhook_url, work=work)
-        except (RequestError, WebhookRefused) as error:
+        except SourceTooLarge as error:
+            raise HTTPException(status_code=413, detail=str(error)) from None
+        except (RequestError, InitSourceError, WebhookRefused) as error:
             raise HTTPException(status_code=422, detail=str(error)) from None
         except Refused as error:
             return self._refused(error)

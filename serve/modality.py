@@ -23,7 +23,7 @@ import torch
 from ray import serve
 
 from imgsound_core.compile import CompiledUNet, maybe_compile
-from imgsound_core.decode import decode_latents
+from imgsound_core.decode import decode_latents, encode_pixels
 from imgsound_core.identity import dtype_name, model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from imgsound_core.noise import latent_shape
@@ -157,3 +157,10 @@ class UNetDeployment:
         if self.bundle.vae is None:
             raise ValueError(f"the {self.role} UNet deployment has no VAE")
         return await asyncio.to_thread(decode_latents, self.bundle.vae, latents)
+
+    async def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, H, W)` source pictures in [−1, 1] → `(B, C, h, w)` clean latents, float32 (image role only: the
+        image model's VAE encodes a source picture, see `Driver._source_latent`)."""
+        if self.bundle.vae is None:
+            raise ValueError(f"the {self.role} UNet deployment has no VAE")
+        return await asyncio.to_thread(encode_pixels, self.bundle.vae, pixels)

@@ -14,7 +14,7 @@ import torch
 from ray import serve
 
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder, spectrogram_to_waveform
-from imgsound_core.decode import decode_latents, spectrogram_from_decoded
+from imgsound_core.decode import decode_latents, encode_pixels, spectrogram_from_decoded
 from imgsound_core.identity import model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from serve.config import ModelPlacement
@@ -71,6 +71,11 @@ class VocoderDeployment:
         except asyncio.CancelledError:
             stop.set()
             raise
+
+    async def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, H, W)` mel pictures of source sounds in [−1, 1] → `(B, C, h, w)` clean latents, float32, by the
+        audio model's VAE (which was trained on such pictures; see `Driver._source_latent`)."""
+        return await asyncio.to_thread(encode_pixels, self.bundle.vae, pixels)
 
     def model_info(self) -> dict[str, Any]:
         return {"identity": model_identity(self.bundle).__dict__}

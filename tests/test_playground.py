@@ -5,6 +5,7 @@ docs/playground.png, the README's picture (written when missing or with IMGSOUND
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "playground.png"
+CASTLE = REPO / "docs" / "examples" / "castle.png"
 KEY = "key-of-the-playground-tests-0011223344"
 HEIGHT, WIDTH = 64, 256  # 2.56 s of sound
 INIT_FIELDS = ("init_image", "init_audio", "strength")
@@ -136,31 +138,45 @@ def test_a_job_from_the_playground_plays(page, service) -> None:
     assert page.input_value("#api-key") == KEY
 
 
-def test_starting_from_a_picture_is_offered_only_when_the_server_takes_it(page, service) -> None:
+def test_a_job_from_a_picture_in_the_playground(page, service) -> None:
+    """The server takes sources: the fields are offered, and a picture sent from the page is the sample's source
+    (its SHA-256 in the record, and in the parameters to copy), re-running the strength's share of the steps."""
+    assert server_takes_sources(service)
     page.goto(f"{service.url}/")
     page.wait_for_load_state("networkidle")
-    takes = server_takes_sources(service)
-    assert page.locator("#init-fields").is_visible() is takes
-    assert page.locator("#init-off").is_visible() is not takes
+    assert page.locator("#init-fields").is_visible() and not page.locator("#init-off").is_visible()
+    fill(page, steps=4)
+    page.set_input_files("#init-image", str(CASTLE))
+    page.fill("#strength", "0.5")
+    page.click("#submit")
+    page.wait_for_selector(".result img", timeout=120_000)
+    parameters = json.loads(page.locator(".result .parameters pre").inner_text())
+    assert parameters["init_image_sha256"] == hashlib.sha256(CASTLE.read_bytes()).hexdigest()
+    assert parameters["strength"] == 0.5 and "init_image" not in parameters
+    assert page.locator("#progress").evaluate("p => [p.value, p.max]") == [2, 2]  # half of the 4 steps re-run
 
 
 def test_a_server_that_refuses_sources_turns_the_fields_off(page, service) -> None:
-    if server_takes_sources(service):
-        pytest.skip("this server takes starting pictures and sounds")
+    """Against a server that does not know the source fields (its 422 names them as unknown), the page turns them
+    off and the same form then runs without them."""
 
-    def schema_with_sources(route) -> None:  # the page is told the fields exist; the server still refuses them
-        response = route.fetch()
-        spec = response.json()
-        schema = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        schema["properties"].update({name: {"type": "string"} for name in INIT_FIELDS})
-        route.fulfill(response=response, json=spec)
+    def older_server(route) -> None:
+        if route.request.method == "POST" and "init_image" in (route.request.post_data or ""):
+            problem = {
+                "type": "extra_forbidden",
+                "loc": ["body", "init_image"],
+                "msg": "Extra inputs are not permitted",
+            }
+            route.fulfill(status=422, json={"detail": [problem]})
+        else:
+            route.continue_()
 
-    page.route("**/openapi.json", schema_with_sources)
+    page.route("**/v1/jobs", older_server)
     page.goto(f"{service.url}/")
     page.wait_for_load_state("networkidle")
     assert page.locator("#init-fields").is_visible()
     fill(page, steps=2)
-    page.set_input_files("#init-image", str(REPO / "docs" / "examples" / "castle.png"))
+    page.set_input_files("#init-image", str(CASTLE))
     page.click("#submit")
     page.locator("#message", has_text="does not take a starting picture").wait_for()
     assert not page.locator("#init-fields").is_visible() and page.locator("#init-off").is_visible()

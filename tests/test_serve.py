@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -24,7 +25,15 @@ from serve.local import http, start
 
 pytestmark = pytest.mark.slow
 
-LIMITS = {"max_samples_in_flight": 24, "max_steps": 200, "max_samples_per_request": 8, "max_prompt_chars": 500}
+LIMITS = {
+    "max_samples_in_flight": 24,
+    "max_steps": 200,
+    "max_samples_per_request": 8,
+    "max_prompt_chars": 500,
+    "max_source_bytes": 64 * 1024,
+}
+REPO = Path(__file__).resolve().parents[1]
+CASTLE = REPO / "docs" / "examples" / "castle.png"
 
 
 @pytest.fixture(scope="module")
@@ -467,3 +476,75 @@ def test_a_too_long_prompt_is_reported_in_the_response_and_the_record(service):
         outputs=["record"],
     )
     assert body["warnings"] == [] and "prompt_tokens_dropped" not in body["samples"][0]["parameters"]
+
+
+def chirp_wav(seconds: float = 0.5, rate: int = 22050) -> bytes:
+    """A short stereo chirp at 22.05 kHz: resampled, mixed down and padded on its way to a mel picture."""
+    t = np.arange(round(seconds * rate)) / rate
+    mono = 0.5 * np.sin(2 * np.pi * np.cumsum(300 + 2500 * t / t[-1]) / rate)
+    out = io.BytesIO()
+    soundfile.write(out, np.stack([mono, mono], axis=1).astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_request_from_a_picture_and_a_sound_equals_the_cli(service, tiny_models, tmp_path):
+    """init_image + init_audio + strength over HTTP: the CLI's sample (id, record, spectrogram), the sources' hashes in
+    the record, the sound's padding said in the warnings; at strength 1 the sources are ignored, and said to be."""
+    sound = tmp_path / "chirp.wav"
+    sound.write_bytes(chirp_wav())
+    out = tmp_path / "cli"
+    flags = ["--image-prompt", "castle towers", "--audio-prompt", "bells", "--steps", "6", "--image-start-step", "1"]
+    flags += ["--seed", "3", "--height", "64", "--width", "256", "--audio-weight", "0.3", "--strength", "0.5"]
+    flags += ["--init-image", str(CASTLE), "--init-audio", str(sound)]
+    models = ["--image-model", str(tiny_models / "image"), "--audio-model", str(tiny_models / "audio")]
+    assert cli_main(["generate", *models, *flags, "--out", str(out)]) == 0
+    cli_record = json.loads((out / "sample_000" / "sample.json").read_text())
+
+    body = dict(image_prompt="castle towers", audio_prompt="bells", steps=6, image_start_step=1, seed=3, height=64)
+    body |= dict(width=256, audio_weight=0.3, strength=0.5, init_image=b64(CASTLE.read_bytes()))
+    status, _, answer = generate(
+        service, **body, init_audio=b64(sound.read_bytes()), outputs=["record", "spectrogram_npy"]
+    )
+    assert status == 200, answer
+    served = answer["samples"][0]
+    record = json.loads(base64.b64decode(served["base64"]["record"]))
+    assert served["sample_id"] == cli_record["sample_id"]
+    assert record["init_image_sha256"] == hashlib.sha256(CASTLE.read_bytes()).hexdigest()
+    assert record["init_audio_sha256"] == hashlib.sha256(sound.read_bytes()).hexdigest()
+    assert record["strength"] == 0.5
+    volatile = {"timings_s", "created_utc"}
+    assert {k: v for k, v in record.items() if k not in volatile} == {
+        k: v for k, v in cli_record.items() if k not in volatile
+    }
+    assert np.abs(npy(served) - np.load(out / "sample_000" / "spectrogram.npy")).max() < 1e-4
+    assert any("init_audio" in w and "padded" in w for w in answer["warnings"]), answer["warnings"]
+
+    # Strength 1: plain generation, the picture ignored (and the answer says so).
+    plain = {k: v for k, v in body.items() if k not in ("strength", "init_image")}
+    status, _, ignored = generate(service, **body | {"strength": 1.0}, outputs=["record"])
+    assert status == 200, ignored
+    status, _, without = generate(service, **plain, outputs=["record"])
+    assert ignored["samples"][0]["sample_id"] == without["samples"][0]["sample_id"] != served["sample_id"]
+    assert any("init_image is ignored" in w for w in ignored["warnings"]), ignored["warnings"]
+
+
+@pytest.mark.parametrize(
+    "fields, status, words",
+    [
+        ({"init_image": "not base64!"}, 422, "init_image is not base64"),
+        ({"init_image": ""}, 422, "init_image is empty"),
+        ({"init_audio": b64(b"just some text, not a sound at all")}, 422, "init_audio"),
+        ({"init_image": b64(b"GIF89a" + bytes(40))}, 422, "init_image"),
+        ({"init_image": b64(bytes(64 * 1024 + 1))}, 413, "larger than 65536 bytes"),
+        ({"strength": 0.5}, 422, "give init_image or init_audio"),
+        ({"strength": 0.0, "init_image": b64(b"x")}, 422, "strength"),
+        ({"strength": True, "init_image": b64(b"x")}, 422, "true or false"),
+    ],
+)
+def test_bad_sources_are_a_413_or_422_that_names_them(service, fields, status, words):
+    code, _, answer = generate(service, image_prompt="a", audio_prompt="b", steps=2, height=64, width=64, **fields)
+    assert code == status and words in json.dumps(answer), answer

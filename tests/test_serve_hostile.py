@@ -16,7 +16,12 @@ from serve.local import http, start
 
 pytestmark = pytest.mark.slow
 
-LIMITS = {"max_body_bytes": 65536, "body_timeout_s": 3.0, "max_body_reads_per_client": 8}
+LIMITS = {
+    "max_body_bytes": 65536,
+    "max_body_bytes_buffered": 131072,
+    "body_timeout_s": 3.0,
+    "max_body_reads_per_client": 8,
+}
 SMALL = dict(image_prompt="a", audio_prompt="b", steps=2, image_start_step=0, height=64, width=128)
 
 
@@ -166,3 +171,29 @@ def test_slow_bodies_are_cut_off_and_health_answers_throughout(service):
     assert len(answers) == 300, f"{300 - len(answers)} slow bodies were never answered"
     assert set(statuses) <= {408, 429} and 408 in statuses and 429 in statuses, sorted(set(statuses))
     assert generate(service, **SMALL)[0] == 200  # the service is whole again
+
+
+def test_large_bodies_arriving_at_once_are_bounded_for_the_replica(service):
+    """Two 60 kB bodies half sent hold 100 kB of the replica's 128 kB for bodies in flight: a third gets a 503 with
+    Retry-After as soon as its bytes would go beyond, the two are cut off at the body timeout, and the bytes they held
+    are given back (a request of the same size is then served)."""
+    url = urlparse(service.url)
+    head = b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection((url.hostname, url.port), timeout=30)
+            sock.sendall(head + b" " * 50000)
+            held.append(sock)
+        time.sleep(0.5)  # their bytes have arrived at the replica
+        status, answer = raw_request(service, head, b" " * 50000)
+        assert status == 503 and b"retry-after" in answer.lower() and b"too many large request bodies" in answer
+        for sock in held:
+            assert int(sock.recv(4096).split(b" ", 2)[1]) == 408
+    finally:
+        for sock in held:
+            sock.close()
+    padded = json.dumps(SMALL).encode()
+    padded = padded[:-1] + b" " * (55000 - len(padded)) + b"}"
+    head = b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    assert raw_request(service, head % len(padded), padded)[0] == 200

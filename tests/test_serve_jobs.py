@@ -326,6 +326,8 @@ def test_refusals(service):
         ({**SMALL, "num_samples": 9}, "num_samples"),
         ({**SMALL, "webhook": "http://x"}, "webhook"),
         ({**SMALL, "webhook_url": 5}, "webhook_url"),
+        ({**SMALL, "init_image": base64.b64encode(b"not a picture").decode()}, "init_image"),
+        ({**SMALL, "strength": 0.4}, "give init_image or init_audio"),
     ]:
         code, _, answer = submit(service, **body)
         assert code == 422 and words in str(answer["detail"]), (body, answer)
@@ -392,3 +394,25 @@ def test_the_store_holds_no_secret(service):
     for path in Path(service.store).rglob("*.json"):
         text = path.read_text()
         assert SECRET not in text and KEY not in text and hash_key(KEY) not in text
+
+
+def test_a_job_from_a_picture_names_it_in_its_samples(service):
+    """A job carries init_image and strength like /v1/generate: its record names the picture by its SHA-256."""
+    picture = (Path(__file__).resolve().parents[1] / "docs" / "examples" / "castle.png").read_bytes()
+    body = {
+        **SMALL,
+        "steps": 4,
+        "strength": 0.5,
+        "init_image": base64.b64encode(picture).decode(),
+        "outputs": ["record"],
+    }
+    code, _, submitted = submit(service, **body)
+    assert code == 202, submitted
+    final = until(service, submitted["job_id"], lambda s: s["status"] in TERMINAL)[-1]
+    assert final["status"] == "succeeded" and final["progress"]["steps_total"] == 2, final  # half of 4 steps re-run
+    code, record = job_file(service, submitted["job_id"], 0, "record")
+    assert code == 200
+    record = json.loads(record)
+    assert record["init_image_sha256"] == hashlib.sha256(picture).hexdigest() and record["strength"] == 0.5
+    code, _, direct = http("POST", f"{service.url}/v1/generate", body, headers=auth())
+    assert code == 200 and direct["samples"][0]["sample_id"] == final["samples"][0]["sample_id"]
