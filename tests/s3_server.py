@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-STARTUP_TIMEOUT_S = 20.0
+STARTUP_TIMEOUT_S = 60.0  # a loaded CI machine can take a while to import moto
 STOP_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 0.05
 

@@ -18,7 +18,7 @@ CLIENT_KEY = "key-of-a-client-00112233445566778899"
 SPREAD_KEY = "key-for-the-spread-test-0123456789"
 BURST_KEY = "key-for-the-burst-test-9876543210"
 KEYS = (CLIENT_KEY, SPREAD_KEY, BURST_KEY)
-RATE = {"samples_per_minute": 30, "burst": 6}  # per key; a request may ask for 8 samples, more than the burst
+RATE = {"samples_per_minute": 12, "burst": 6}  # per key; a request may ask for 8 samples, more than the burst
 SMALL = dict(image_prompt="a", audio_prompt="b", steps=3, image_start_step=0, height=64, width=64, outputs=["record"])
 
 
@@ -71,16 +71,17 @@ def test_keys_are_required_everywhere_but_health(service):
 
 
 def test_a_burst_over_the_rate_is_answered_429_with_retry_after(service):
-    statuses = []
-    for _ in range(RATE["burst"] + 2):  # one sample each: the burst allows 6 at once
-        status, headers, body = generate(service, BURST_KEY, **SMALL)
-        statuses.append(status)
+    """Eight one-sample requests at once against a burst of 6: the burst is served, the rest is a 429 with the
+    seconds until a token is back (one every 5 s; sent together, so a slow machine refills at most one meanwhile)."""
+    with ThreadPoolExecutor(max_workers=RATE["burst"] + 2) as pool:
+        answers = list(pool.map(lambda _: generate(service, BURST_KEY, **SMALL), range(RATE["burst"] + 2)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(200) >= RATE["burst"] and 429 in statuses, statuses
+    assert set(statuses) == {200, 429}, statuses
+    for status, headers, body in answers:
         if status == 429:
-            break
-    assert statuses[: RATE["burst"]] == [200] * RATE["burst"], statuses
-    assert statuses[-1] == 429
-    assert 1 <= int(headers["retry-after"]) <= 60 / RATE["samples_per_minute"] + 1
-    assert "30 samples per minute" in body["detail"]
+            assert 1 <= int(headers["retry-after"]) <= 60 / RATE["samples_per_minute"] + 1
+            assert "12 samples per minute" in body["detail"]
     # Another key is not affected by this one's rate.
     status, _, _ = generate(service, CLIENT_KEY, **SMALL)
     assert status == 200
@@ -123,6 +124,6 @@ def test_two_driver_replicas_share_requests_and_one_metrics_view(service):
     # Every scrape, whichever replica answers it, shows the whole service: the sum over both replicas.
     assert settled, (totals, per_replica)
     assert next(iter(totals)) >= 6
-    assert "replica" not in views[0] and "WorkerId" not in views[0]
+    assert not re.search(r'\breplica="', views[0]) and "WorkerId" not in views[0]  # no per-replica series
     for key in KEYS:
         assert key not in raw and hash_key(key) not in raw and hash_key(key)[:12] not in raw
