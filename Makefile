@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 TABLE1_OUT ?= results/paper-table1
 TABLE1_ARGS ?=
 
-.PHONY: install demo test drills lint format bench clean serve paper-table1
+.PHONY: install demo test test-heavy drills lint format bench clean serve paper-table1
 
 install: $(VENV)/.installed
 
@@ -44,7 +44,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Fault drills on a multi-node Ray cluster on this machine (tests/test_multinode.py): minutes, so not in `make test`.
+# Tests of a minute or more each (marker `heavy`), left out of `make test` to keep it short; .ci/run runs them.
+test-heavy: install
+	$(BIN)/python -m pytest -q -m heavy
+
+# Fault drills on a multi-node Ray cluster on this machine (tests/test_multinode*.py): minutes, so not in `make test`.
 drills: install
 	$(BIN)/python -m pytest -q -m drill
 

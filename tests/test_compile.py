@@ -212,6 +212,7 @@ def test_compile_is_off_by_default_on_the_cpu_and_overlap_a_no_op(tiny_bundles):
 @pytest.mark.skipif(
     not cpu_compiler_available(), reason="inductor's CPU kernels need a C++ compiler and Python's C headers"
 )
+@pytest.mark.heavy
 def test_inductor_compiled_sampler_equals_eager(tiny_bundles):
     """The default backend, code generation included: about a minute on two cores (one UNet, one bucket)."""
     image, audio = tiny_bundles

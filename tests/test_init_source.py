@@ -452,6 +452,7 @@ def read_picture(folder: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", ["audio", "image"])
 def test_a_sample_at_strength_02_follows_its_source(kind, tiny_models, calibrated_models, tmp_path, capsys):
     """At strength 0.2 (2 of 10 steps re-run) every sample's decode (the spectrogram for a sound, the picture for a

@@ -332,6 +332,7 @@ def run(command: list[str | Path], cwd: Path, timeout: float) -> subprocess.Comp
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_core_installs_and_generates_without_ray(tmp_path: Path) -> None:
     """`pip install imgsound` (no extras) into a fresh virtualenv: Ray, boto3 and FastAPI are not there, and the
     installed `imgsound` writes tiny models and generates a sample."""

@@ -13,7 +13,7 @@ import yaml
 from serve.auth import hash_key
 from serve.local import BIN, REPO, cluster_env, free_port, http, serve_config, stop_ray
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 KEY = "a-key-from-the-environment-0123456789"
 

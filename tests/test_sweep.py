@@ -275,6 +275,7 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, tiny_models, ray_cluster):
         assert Image.open(Path(uri.removeprefix("file://"))).size == (256, 64)
 
 
+@pytest.mark.heavy
 def test_reduced_table1_scores_every_method_and_prints_every_row(tmp_path, tiny_models, ray_cluster):
     spec = write_spec(
         tmp_path / "t1.yaml",
