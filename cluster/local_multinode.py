@@ -7,10 +7,11 @@
 Each node is a real `ray start` (the head with `--head`, each worker with `--address` of the head's GCS), with its
 own resources: the head offers CPUs only, every worker node offers `{"accelerator": 1}` besides its CPUs — a
 stand-in for a GPU, so that actors asking for it (`resources: {accelerator: 1}` in a sweep spec or a Serve
-deployment's `ray_actor_options`) are placed the way GPUs place them on a real cluster: one per worker node. Every
-process of the cluster carries a scope marker in its environment, and each node a marker of its own, so `stop`
-ends exactly this cluster and `kill_node(i)` exactly one node's processes (its raylet first, as a lost machine
-would), never another Ray on the machine.
+deployment's `ray_actor_options`) are placed the way GPUs place them on a real cluster: one per worker node
+(`worker_accelerators` gives each worker node more units, as a machine with several GPUs). Every process of the
+cluster carries a scope marker in its environment, and each node a marker of its own, so `stop` ends exactly this
+cluster and `kill_node(i)` exactly one node's processes (its raylet first, as a lost machine would), never another
+Ray on the machine; `add_worker()` joins one more worker node, as an autoscaler or an operator adds a machine.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,12 +36,14 @@ from serve.local import (  # noqa: E402
     RAY_SCOPE_VARIABLE,
     REPO,
     cluster_env,
-    free_port,
+    free_ports,
     scoped_processes,
     stop_ray,
 )
 
 NODE_VARIABLE = "IMGSOUND_LOCAL_RAY_NODE"
+# Listeners only the head has (a worker node's `ray start` takes none of them).
+HEAD_PORT_OPTIONS = ("--port", "--ray-client-server-port", "--dashboard-port")
 ACCELERATOR = "accelerator"
 
 
@@ -53,10 +57,14 @@ def _running(pid: int) -> bool:
 
 @dataclass
 class LocalCluster:
-    """A head plus `workers` worker nodes, confined to one scope (RAY_TMPDIR and marker in `env`)."""
+    """A head plus `workers` worker nodes, confined to one scope (RAY_TMPDIR and marker in `env`).
+
+    Nodes are numbered: the head 0, the worker nodes 1…`workers` in the order they joined (`add_worker` appends).
+    """
 
     workers: int = 2
     worker_cpus: int = 1
+    worker_accelerators: int = 1  # units of ACCELERATOR per worker node: GPUs per machine
     head_cpus: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. storage credentials, as a platform gives nodes
     env: dict[str, str] = field(default_factory=dict)
@@ -72,9 +80,10 @@ class LocalCluster:
         env = {**self.env, NODE_VARIABLE: str(index)}
         command = [str(BIN / "ray"), "start", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", *args]
         # Nodes of one machine share the session folder (Ray numbers their sockets); each needs ports of its own.
-        for option in RAY_PORT_OPTIONS:
-            if option not in args and option not in ("--port", "--ray-client-server-port", "--dashboard-port"):
-                command += [option, str(free_port())]
+        options = [o for o in RAY_PORT_OPTIONS if o not in args and o not in HEAD_PORT_OPTIONS]
+        taken = {int(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg in RAY_PORT_OPTIONS}
+        for option, port in zip(options, free_ports(len(options), taken)):
+            command += [option, str(port)]
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"`ray start` of node {index} failed: {(done.stdout + done.stderr)[-2000:]}")
@@ -82,7 +91,7 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start the head (node 0), then the worker nodes (1…N); wait until all are registered."""
         Path(self.env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port, dashboard_port, client_port = free_ports(3)
         try:
             self._start_node(
                 0,
@@ -93,20 +102,36 @@ class LocalCluster:
                 str(self.head_cpus),
                 "--include-dashboard",
                 "false",
+                "--dashboard-port",  # the dashboard process starts even so, on 8265 unless told otherwise
+                str(dashboard_port),
                 "--ray-client-server-port",
-                str(free_port()),
+                str(client_port),
             )
             self.gcs_address = f"127.0.0.1:{port}"
             for index in range(1, self.workers + 1):
-                resources = json.dumps({ACCELERATOR: 1})
-                self._start_node(
-                    index, "--address", self.gcs_address, "--num-cpus", str(self.worker_cpus), "--resources", resources
-                )
+                self._start_worker(index)
             self.wait_for_nodes(self.workers + 1)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_worker(self, index: int) -> None:
+        """`ray start` of worker node `index`, joined to the head, with its CPUs and accelerator units."""
+        resources = json.dumps({ACCELERATOR: self.worker_accelerators})
+        self._start_node(
+            index, "--address", self.gcs_address, "--num-cpus", str(self.worker_cpus), "--resources", resources
+        )
+
+    def add_worker(self) -> int:
+        """Join one more worker node (the next index, with the same resources as the others) to the running
+        cluster, as a replacement machine joins a real one; return its index once the GCS counts it alive."""
+        alive = self.alive_nodes()
+        index = self.workers + 1
+        self._start_worker(index)
+        self.workers = index
+        self.wait_for_nodes(alive + 1)
+        return index
 
     def alive_nodes(self) -> int:
         """How many nodes the GCS counts alive (asked from a short-lived driver in this cluster's scope)."""
@@ -119,6 +144,7 @@ class LocalCluster:
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
 
     def wait_for_nodes(self, count: int, timeout_s: float = 120) -> None:
+        """Return once the GCS counts exactly `count` nodes alive (a lost node counts once it is declared dead)."""
         deadline = time.monotonic() + timeout_s
         while self.alive_nodes() != count:
             if time.monotonic() > deadline:
@@ -157,8 +183,11 @@ class LocalCluster:
             time.sleep(0.05)
         return raylets
 
-    def stop(self) -> None:
-        stop_ray(self.env)
+    def stop(self, grace_s: float = 3) -> None:
+        """End every process of this cluster's scope (all nodes, and what they ran): SIGTERM, and SIGKILL for what is
+        left after `grace_s` (Ray's GCS and raylets ignore SIGTERM); then remove its RAY_TMPDIR (logs, sockets)."""
+        stop_ray(self.env, timeout_s=grace_s)
+        shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
 
     def to_state(self) -> dict[str, object]:
         """What `stop` in another process needs, and the token a driver needs (the state file is private)."""
@@ -173,20 +202,24 @@ class LocalCluster:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("start", "stop"))
-    parser.add_argument("--workers", type=int, default=2, help="worker nodes, each with {accelerator: 1}")
+    parser.add_argument("--workers", type=int, default=2, help="worker nodes (each offering --worker-accelerators)")
     parser.add_argument("--worker-cpus", type=int, default=1)
+    parser.add_argument("--worker-accelerators", type=int, default=1, help=f"units of {ACCELERATOR!r} per worker node")
     parser.add_argument("--state", type=Path, default=Path("/tmp/imgsound-multinode.json"), help="what stop reads")
     args = parser.parse_args(argv)
     if args.action == "start":
         if args.state.exists():
             print(f"a cluster is recorded in {args.state}: stop it first", file=sys.stderr)
             return 2
-        cluster = LocalCluster(workers=args.workers, worker_cpus=args.worker_cpus).start()
+        cluster = LocalCluster(
+            workers=args.workers, worker_cpus=args.worker_cpus, worker_accelerators=args.worker_accelerators
+        ).start()
         descriptor = os.open(args.state, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the token
         with os.fdopen(descriptor, "w") as out:
             json.dump(cluster.to_state(), out)
         print(
-            f"started: head + {args.workers} worker nodes, each with {{{ACCELERATOR!r}: 1}}. To use it:\n"
+            f"started: head + {args.workers} worker nodes, each with {{{ACCELERATOR!r}: {args.worker_accelerators}}}. "
+            "To use it:\n"
             f"  export RAY_TMPDIR={cluster.env['RAY_TMPDIR']} RAY_ADDRESS=auto RAY_AUTH_MODE=token\n"
             f'  export RAY_AUTH_TOKEN=$(python -c \'import json; print(json.load(open("{args.state}"))'
             f'["env"]["RAY_AUTH_TOKEN"])\')'

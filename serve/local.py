@@ -32,6 +32,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int, taken: set[int] | None = None) -> list[int]:
+    """`count` distinct free ports, none in `taken`: the OS may hand a just-released port out again, and one
+    `ray start` given the same port for two listeners refuses to start."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = free_port()
+        if port not in chosen and port not in (taken or set()):
+            chosen.append(port)
+    return chosen
+
+
 def _lower(headers) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
@@ -129,22 +140,32 @@ def cluster_env() -> dict[str, str]:
 
 
 def scoped_processes(env: dict[str, str]) -> list[int]:
-    """The pids of the processes started with `env`'s Ray scope marker (a cluster's head, workers and actors)."""
+    """The pids of the processes started with `env`'s Ray scope marker (a cluster's head, workers and actors), and
+    their descendants: Ray's dashboard agent overwrites its own environment block when it sets its process title, so
+    only its parent, a raylet, ties it to the scope."""
     needle = f"{RAY_SCOPE_VARIABLE}={env[RAY_SCOPE_VARIABLE]}".encode() + b"\0"
-    pids = []
+    marked, parents = set(), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
             if needle in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
+                marked.add(int(entry.name))
+        except (OSError, IndexError, ValueError):
             continue  # gone, or not ours to read
-    return pids
+    found, grew = set(marked), True
+    while grew:  # children of what is found, to any depth
+        children = {pid for pid, parent in parents.items() if parent in found and pid != os.getpid()}
+        grew = not children <= found
+        found |= children
+    return sorted(found)
 
 
-def stop_ray(env: dict[str, str], timeout_s: float = 30) -> None:
-    """End the Ray processes started with `env` (its scope marker), and only those: SIGTERM, then SIGKILL."""
+def stop_ray(env: dict[str, str], timeout_s: float = 3) -> None:
+    """End the Ray processes started with `env` (its scope marker), and only those: SIGTERM, then SIGKILL after
+    `timeout_s`. Short, because the raylet and the GCS server ignore SIGTERM (measured: still up after 40 s), and a
+    throwaway local cluster has nothing to shut down gracefully."""
     import signal
 
     # The address file of the stopped cluster must go too, as `ray stop` removes it: else a later `ray.init()` in
@@ -158,12 +179,21 @@ def stop_ray(env: dict[str, str], timeout_s: float = 30) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5)
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        while time.monotonic() < deadline and any(process_running(pid) for pid in pids):
             _reap()
             time.sleep(0.1)
-        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        pids = [pid for pid in pids if process_running(pid)]
         if not pids:
             return
+
+
+def process_running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie. Ray's daemons are not our children: once they exit, they stay in
+    /proc as zombies until the machine's init reaps them, which some container inits do late or never."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _reap() -> None:
@@ -182,14 +212,10 @@ def start_ray_head(env: dict[str, str], *extra_args: str) -> None:
     command = [str(BIN / "ray"), "start", "--head", "--disable-usage-stats", *extra_args]
     if "--num-cpus" not in extra_args:
         command += ["--num-cpus", "2"]
-    chosen = {int(extra_args[i + 1]) for i, arg in enumerate(extra_args[:-1]) if arg in RAY_PORT_OPTIONS}
-    for option in RAY_PORT_OPTIONS:
-        if option not in extra_args:
-            port = free_port()
-            while port in chosen:  # the OS may hand a just-released port out again
-                port = free_port()
-            chosen.add(port)
-            command += [option, str(port)]
+    taken = {int(extra_args[i + 1]) for i, arg in enumerate(extra_args[:-1]) if arg in RAY_PORT_OPTIONS}
+    options = [option for option in RAY_PORT_OPTIONS if option not in extra_args]
+    for option, port in zip(options, free_ports(len(options), taken)):
+        command += [option, str(port)]
     subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, timeout=180)
 
 
@@ -213,6 +239,58 @@ def serve_config(
     return config
 
 
+def deploy(
+    env: dict[str, str],
+    models: Path,
+    workdir: Path,
+    overrides: dict[str, Any] | None = None,
+    args: dict[str, Any] | None = None,
+    ready_timeout_s: float = 300,
+    deployments: dict[str, dict[str, Any]] | None = None,
+    api_key: str | None = None,
+) -> str:
+    """`serve run --non-blocking` of the app on the running Ray of `env`'s scope, on a free HTTP port; returns the
+    service's URL once /v1/health answers and one tiny request has been served (every model replica is up).
+
+    `deployments` overrides Serve options per deployment name (e.g. `{"Driver": {"num_replicas": 2}}`);
+    `api_key` authenticates the warm-up request when the app has keys configured.
+    """
+    # Chosen once Ray listens on its own ports: a port picked earlier is free only until something binds it.
+    http_port = free_port()
+    config_path = workdir / "serve.yaml"
+    config = serve_config(models, http_port, overrides, args)
+    for deployment in config["applications"][0]["deployments"]:
+        deployment.update((deployments or {}).get(deployment["name"], {}))
+    config_path.write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{http_port}"
+    # Ray rewrites a loopback GCS address to the node's own address; "auto" reads the address `ray start` recorded.
+    subprocess.run(
+        [str(BIN / "serve"), "run", "--address", "auto", "--non-blocking", str(config_path)],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status, _, _ = http("GET", f"{url}/v1/health", timeout=5)
+            if status == 200:
+                # The driver answers before the model replicas are up: one tiny request waits for them all.
+                auth = {"Authorization": f"Bearer {api_key}"} if api_key else None
+                status, _, body = http("POST", f"{url}/v1/generate", WARM_UP, timeout=ready_timeout_s, headers=auth)
+                if status == 200:
+                    return url
+                # A 503 is the service saying "not yet" (e.g. replicas still loading past a short call time-out).
+                if status != 503:
+                    raise RuntimeError(f"warm-up request failed: {status} {body}")
+        except OSError:
+            pass
+        time.sleep(2)
+    raise RuntimeError("the Serve app did not become healthy in time")
+
+
 def start(
     models: Path,
     workdir: Path,
@@ -224,8 +302,7 @@ def start(
 ):
     """Start Ray and the app; wait until /v1/health answers. Returns a ServeCluster (call .stop()).
 
-    `deployments` overrides Serve options per deployment name (e.g. `{"Driver": {"num_replicas": 2}}`);
-    `api_key` authenticates the warm-up request when the app has keys configured.
+    The arguments after `workdir` are `deploy`'s.
     """
     env = cluster_env()
     metrics_port = free_port()
@@ -238,42 +315,9 @@ def start(
         "--metrics-export-port",
         str(metrics_port),
     )
-    # Chosen once Ray listens on its own ports: a port picked earlier is free only until something binds it.
-    http_port = free_port()
-    # Ray rewrites a loopback GCS address to the node's own address; "auto" reads the address `ray start` recorded.
-    address = "auto"
-    config_path = workdir / "serve.yaml"
-    config = serve_config(models, http_port, overrides, args)
-    for deployment in config["applications"][0]["deployments"]:
-        deployment.update((deployments or {}).get(deployment["name"], {}))
-    config_path.write_text(yaml.safe_dump(config))
-    cluster = ServeCluster(url=f"http://127.0.0.1:{http_port}", ray_address=address, env=env, metrics_port=metrics_port)
     try:
-        subprocess.run(
-            [str(BIN / "serve"), "run", "--address", address, "--non-blocking", str(config_path)],
-            env=env,
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                status, _, _ = http("GET", f"{cluster.url}/v1/health", timeout=5)
-                if status == 200:
-                    # The driver answers before the model replicas are up: one tiny request waits for them all.
-                    auth = {"Authorization": f"Bearer {api_key}"} if api_key else None
-                    status, _, body = http(
-                        "POST", f"{cluster.url}/v1/generate", WARM_UP, timeout=ready_timeout_s, headers=auth
-                    )
-                    if status != 200:
-                        raise RuntimeError(f"warm-up request failed: {status} {body}")
-                    return cluster
-            except OSError:
-                pass
-            time.sleep(2)
-        raise RuntimeError("the Serve app did not become healthy in time")
+        url = deploy(env, models, workdir, overrides, args, ready_timeout_s, deployments, api_key)
     except BaseException:
-        cluster.stop()
+        stop_ray(env)
         raise
+    return ServeCluster(url=url, ray_address="auto", env=env, metrics_port=metrics_port)
