@@ -622,6 +622,8 @@ def run_sweep(
         "video": video,
         "batch_size": args.batch_size,
     }
+    if args.sweep_writers:
+        spec["writers"] = args.sweep_writers
     if scoring:
         scorers = {"clip": str(models / "clip"), "clap": str(models / "clap")}
         spec["scoring"] = {**scorers, "device": "cpu" if cpu else "auto"}
@@ -885,6 +887,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poisson-rate", type=float, default=None, help="λ in requests/s (overrides the load)")
     parser.add_argument("--seed", type=int, default=0, help="the Poisson arrivals' seed")
     parser.add_argument("--worker-threads", type=int, default=None, help="torch threads of the sweep's workers")
+    parser.add_argument("--sweep-writers", type=int, default=None, help="the sweep spec's `writers` (its default)")
     parser.add_argument(
         "--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS), help="[all but sweep-scoring-video]"
     )
