@@ -398,11 +398,13 @@ class Driver:
         ticket: str | None = None,
         on_step: StepHook | None = None,
         sources: dict[str, InitSource] | None = None,
+        arrived: float | None = None,
     ) -> GenerateResponse:
         """The samples of a request: `/v1/generate`'s answer, and a job's work (already admitted: `ticket`, which
         its caller then releases; `on_step` follows the steps, see `_denoise`). `sources`: the pictures/sounds it
-        starts from (`_load_sources`)."""
-        arrived = time.perf_counter()
+        starts from (`_load_sources`); `arrived`: when (perf_counter) the request reached this replica, before its
+        body was read — the start of the `admit` and `first_step` timings (default: now)."""
+        arrived = time.perf_counter() if arrived is None else arrived
         info = await self.model_info()
         context = self._context(info, body)
         own_ticket = ticket is None
@@ -580,6 +582,7 @@ class Driver:
     # ---- HTTP ------------------------------------------------------------------------------------------------
     @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_OPENAPI)
     async def generate(self, request: Request):
+        arrived = time.perf_counter()
         # The key is checked before the body is read: an unauthenticated client gets nothing parsed.
         key_label = self._authenticate(request)
         body = await self._parse_body(request, GenerateBody)
@@ -590,7 +593,7 @@ class Driver:
         try:
             requests = body.to_requests(self.args.limits)
             sources = await self._load_sources(body, requests[0])
-            response = await self._generate(body, requests, key_label, sources=sources)
+            response = await self._generate(body, requests, key_label, sources=sources, arrived=arrived)
             outcome = "ok"
             return response
         except SourceTooLarge as error:
