@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from imgsound_core.init_source import source_sha256
 from imgsound_core.request import DEFAULT_INIT_STRENGTH, RequestError, SampleRequest, check_crop
 from serve.config import Limits
+from serve.jobs import MAX_WEBHOOK_URL_CHARS
 
 # The paper's defaults live in one place: the core request type.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(SampleRequest)}
@@ -110,6 +111,11 @@ class GenerateBody(BaseModel):
 
     def to_requests(self, limits: Limits) -> list[SampleRequest]:
         """Validate against the core's rules and the server's limits; RequestError names the field."""
+        return self.requests_and_sources(limits)[0]
+
+    def requests_and_sources(self, limits: Limits) -> tuple[list[SampleRequest], dict[str, bytes]]:
+        """`to_requests`, and the sources' bytes it decoded to hash them (`source_bytes`), for the caller that loads
+        them: a source is decoded once per request."""
         if not 1 <= self.num_samples <= limits.max_samples_per_request:
             raise RequestError(
                 f"num_samples must be between 1 and {limits.max_samples_per_request}, got {self.num_samples}"
@@ -140,7 +146,7 @@ class GenerateBody(BaseModel):
         }
         requests = SampleRequest(**fields, **hashes, strength=strength).expand(self.num_samples)
         check_crop(self.crop, self.width)
-        return requests
+        return requests, sources
 
     def source_bytes(self, limits: Limits) -> dict[str, bytes]:
         """`{"image"|"audio": file bytes}` of the sources in the body: strict base64, not empty, at most
@@ -198,7 +204,7 @@ class JobBody(GenerateBody):
 
     webhook_url: str | None = Field(
         default=None,
-        max_length=2048,
+        max_length=MAX_WEBHOOK_URL_CHARS,
         description="http(s) URL that gets one POST of the final job JSON, signed "
         "`X-Imgsound-Signature: sha256=<hex HMAC-SHA256 of the body>`",
     )
@@ -207,8 +213,8 @@ class JobBody(GenerateBody):
         """The /v1/generate body this job runs (its files by URI)."""
         return GenerateBody.model_validate(self.model_dump(exclude={"webhook_url"}) | {"inline": False})
 
-    def to_requests(self, limits: Limits) -> list[SampleRequest]:
-        return self.generation().to_requests(limits)
+    def requests_and_sources(self, limits: Limits) -> tuple[list[SampleRequest], dict[str, bytes]]:
+        return self.generation().requests_and_sources(limits)
 
 
 class JobSubmitted(BaseModel):

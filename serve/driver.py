@@ -333,11 +333,10 @@ class Driver:
                 on_step(steps_done, steps_total)
         return torch.stack([finished[i] for i in range(len(requests))]), first_step_at or time.perf_counter()
 
-    async def _load_sources(self, body: GenerateBody, request) -> dict[str, InitSource]:
-        """The body's sources as pictures for their VAEs, decoded and checked before any admission or model work:
-        SourceTooLarge (a 413), RequestError or InitSourceError (a 422) otherwise. Decoding runs in a thread (a
-        large JPEG or MP3 takes a moment), so the replica keeps answering meanwhile."""
-        data = body.source_bytes(self.args.limits)
+    async def _load_sources(self, data: dict[str, bytes], request) -> dict[str, InitSource]:
+        """The body's sources (`GenerateBody.requests_and_sources`) as pictures for their VAEs, checked before any
+        admission or model work: InitSourceError (a 422) otherwise. Decoding runs in a thread (a large JPEG or MP3
+        takes a moment), so the replica keeps answering meanwhile."""
         if not data:
             return {}
 
@@ -591,8 +590,8 @@ class Driver:
         started = time.perf_counter()
         outcome = "internal"  # anything not answered below is a bug: counted as one
         try:
-            requests = body.to_requests(self.args.limits)
-            sources = await self._load_sources(body, requests[0])
+            requests, data = body.requests_and_sources(self.args.limits)
+            sources = await self._load_sources(data, requests[0])
             response = await self._generate(body, requests, key_label, sources=sources, arrived=arrived)
             outcome = "ok"
             return response
@@ -666,8 +665,8 @@ class Driver:
         if isinstance(body, JSONResponse):
             return body
         try:
-            requests = body.to_requests(self.args.limits)
-            sources = await self._load_sources(body, requests[0])
+            requests, data = body.requests_and_sources(self.args.limits)
+            sources = await self._load_sources(data, requests[0])
             await runner.check_webhook(body.webhook_url)
             generation = body.generation()
 
