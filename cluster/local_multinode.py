@@ -37,6 +37,7 @@ from serve.local import (  # noqa: E402
     REPO,
     cluster_env,
     free_ports,
+    process_running,
     scoped_processes,
     stop_ray,
 )
@@ -45,14 +46,6 @@ NODE_VARIABLE = "IMGSOUND_LOCAL_RAY_NODE"
 # Listeners only the head has (a worker node's `ray start` takes none of them).
 HEAD_PORT_OPTIONS = ("--port", "--ray-client-server-port", "--dashboard-port")
 ACCELERATOR = "accelerator"
-
-
-def _running(pid: int) -> bool:
-    """A pid that exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @dataclass
@@ -177,7 +170,7 @@ class LocalCluster:
         # SIGKILL is delivered asynchronously: return only once the raylets are gone (or zombies), so that a caller
         # acts on a lost node rather than on one still exiting.
         deadline = time.monotonic() + 30
-        while any(_running(pid) for pid in raylets):
+        while any(process_running(pid) for pid in raylets):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node {index}'s raylet survived SIGKILL for 30 s")
             time.sleep(0.05)

@@ -149,7 +149,7 @@ def scoped_processes(env: dict[str, str]) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
             if needle in (entry / "environ").read_bytes():
                 marked.add(int(entry.name))
         except (OSError, IndexError, ValueError):
@@ -191,9 +191,15 @@ def process_running(pid: int) -> bool:
     """Whether `pid` exists and is not a zombie. Ray's daemons are not our children: once they exit, they stay in
     /proc as zombies until the machine's init reaps them, which some container inits do late or never."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+        return _stat_fields(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state, parent pid, …); the name, in parentheses,
+    may itself hold spaces and parentheses."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
 
 
 def _reap() -> None:

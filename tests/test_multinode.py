@@ -16,6 +16,7 @@ from cluster.local_multinode import LocalCluster
 from jobs.manifest import MANIFEST_FILE, MANIFEST_PREFIX, read_parquet_bytes
 from jobs.spec import SweepModels, expand, load_spec
 from jobs.store import open_store
+from serve.local import process_running
 from tests.s3_proxy import S3Proxy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_a_worker_node_lost_mid_sweep_loses_nothing(cluster, tiny_models, tmp_pa
         assert time.monotonic() < deadline, "no manifest part appeared"
         time.sleep(0.5)
     killed = cluster.kill_node(1)
-    assert killed and not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in killed)
+    assert killed and not any(process_running(pid) for pid in killed)
     try:
         _, stderr = process.communicate(timeout=600)
     except subprocess.TimeoutExpired:
@@ -137,11 +138,3 @@ def test_a_worker_node_lost_mid_sweep_loses_nothing(cluster, tiny_models, tmp_pa
         again = subprocess.run(sweep_command(spec, str(output)), env=env, cwd=REPO, capture_output=True, text=True)
         assert again.returncode == 0, again.stderr[-3000:]
     assert_exactly_once(str(output), spec, env)
-
-
-def _alive(pid: int) -> bool:
-    """A pid that exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
