@@ -180,8 +180,13 @@ def sweep_dataset(
 
 
 def run_pipeline(dataset, progress: Callable[[int], None]) -> Iterator[str]:
-    """Execute `dataset` (streaming); call `progress(samples)` per finished batch and yield its part's key."""
-    for row in dataset.iter_rows():
-        progress(int(row["samples"]))
-        yield str(row["part"])
+    """Execute `dataset` (streaming); call `progress(samples)` per finished batch and yield its part's key.
+
+    Each output block is taken as soon as it is ready: `iter_rows` prefetches one block ahead, which held every
+    batch's progress back until the next batch was written (a whole batch's generation).
+    """
+    for rows in dataset.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
+        for part, samples in zip(rows["part"], rows["samples"]):
+            progress(int(samples))
+            yield str(part)
     sys.stderr.flush()

@@ -1,0 +1,70 @@
+"""The sweep pipeline's driver loop (jobs/pipeline.py `run_pipeline`) on a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from serve.local import cluster_env
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+# Two batches through an actor stage, as a sweep's; the second waits (up to GATE_S) for the first's progress. A loop
+# that held a batch's progress back until the next batch was out would open the gate only by timing out.
+GATED_PIPELINE = """
+import json, os, sys, time
+import ray, ray.data
+from jobs.pipeline import run_pipeline
+
+GATE = sys.argv[1]
+GATE_S = 20.0
+
+class Batch:
+    def __call__(self, rows):
+        index, gate = int(rows["index"][0]), ""
+        if index == 1:
+            started = time.monotonic()
+            while not os.path.exists(GATE) and time.monotonic() - started < GATE_S:
+                time.sleep(0.05)
+            gate = " (gate open)" if os.path.exists(GATE) else " (gate timed out)"
+        return {"part": [f"part-{index}{gate}"], "samples": [3]}
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+context = ray.data.DataContext.get_current()
+context.enable_progress_bars = False
+dataset = ray.data.from_items([{"index": 0}, {"index": 1}], override_num_blocks=2).map_batches(
+    Batch, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1
+)
+events = []
+
+def progress(samples):
+    events.append(samples)
+    open(GATE, "w").close()
+
+parts = list(run_pipeline(dataset, progress))
+print(json.dumps({"parts": parts, "progress": events}))
+"""
+
+
+def test_progress_of_a_batch_arrives_before_the_next_batch_is_done(tmp_path):
+    gate = tmp_path / "first-batch-reported"
+    script = tmp_path / "gated.py"
+    script.write_text(GATED_PIPELINE)
+    # A Ray of its own (short RAY_TMPDIR: Ray's socket paths must fit in 107 bytes), not a cluster of the tests.
+    with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as ray_tmp:
+        env = {**cluster_env(), "RAY_TMPDIR": ray_tmp}
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run(
+            [sys.executable, str(script), str(gate)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # The second batch found the first one's progress reported while it ran.
+    assert result["parts"] == ["part-0", "part-1 (gate open)"]
+    assert result["progress"] == [3, 3]
