@@ -237,6 +237,13 @@ def execute(
     return rows
 
 
+def disconnect_ray() -> None:
+    """Leave the cluster now: Ray's own exit handler takes about a second longer to do the same."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
         print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        disconnect_ray()
     print(
         f"sweep {spec.name}: done, {rows} rows in {store.uri_for(MANIFEST_FILE)} "
         f"({time.perf_counter() - started:.1f} s)",
