@@ -68,3 +68,39 @@ def test_progress_of_a_batch_arrives_before_the_next_batch_is_done(tmp_path):
     # The second batch found the first one's progress reported while it ran.
     assert result["parts"] == ["part-0", "part-1 (gate open)"]
     assert result["progress"] == [3, 3]
+
+
+NICENESS = """
+import json, os
+import ray
+from jobs.pipeline import stage_runtime_envs
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def niceness(self):
+        return os.nice(0)
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+generator_env, other_env = stage_runtime_envs({"IMGSOUND_PROBE": "1"})
+generator = Probe.options(runtime_env=generator_env).remote()
+other = Probe.options(runtime_env=other_env).remote()
+print(json.dumps({"driver": os.nice(0), "generator": ray.get(generator.niceness.remote()),
+                  "other": ray.get(other.niceness.remote())}))
+"""
+
+
+def test_the_generating_stage_runs_at_the_drivers_niceness_and_the_others_below(tmp_path):
+    """Ray starts workers at niceness 15; the generator's runtime environment keeps it at the node's usual one (the
+    setting is Ray's own: a Ray that stopped honouring it would fail here)."""
+    script = tmp_path / "niceness.py"
+    script.write_text(NICENESS)
+    with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as ray_tmp:
+        env = {**cluster_env(), "RAY_TMPDIR": ray_tmp}
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["generator"] == found["driver"], found
+    assert found["other"] > found["generator"], found
