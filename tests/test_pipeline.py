@@ -1,4 +1,4 @@
-"""The sweep pipeline's driver loop (jobs/pipeline.py `run_pipeline`) on a real local Ray."""
+"""The sweep pipeline (jobs/pipeline.py) on a real local Ray: its driver loop, its stages' niceness."""
 
 from __future__ import annotations
 
@@ -14,6 +14,22 @@ from serve.local import cluster_env
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+
+
+def run_on_a_ray_of_its_own(tmp_path: Path, script: str, *args: str) -> dict:
+    """Run `script` in a fresh process that starts a Ray of its own (not a cluster of the tests; a short RAY_TMPDIR,
+    as Ray's socket paths must fit in 107 bytes); the JSON object its last line prints."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as ray_tmp:
+        env = {**cluster_env(), "RAY_TMPDIR": ray_tmp}
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run(
+            [sys.executable, str(path), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 # Two batches through an actor stage, as a sweep's; the second waits (up to GATE_S) for the first's progress. A loop
 # that held a batch's progress back until the next batch was out would open the gate only by timing out.
@@ -53,18 +69,7 @@ print(json.dumps({"parts": parts, "progress": events}))
 
 
 def test_progress_of_a_batch_arrives_before_the_next_batch_is_done(tmp_path):
-    gate = tmp_path / "first-batch-reported"
-    script = tmp_path / "gated.py"
-    script.write_text(GATED_PIPELINE)
-    # A Ray of its own (short RAY_TMPDIR: Ray's socket paths must fit in 107 bytes), not a cluster of the tests.
-    with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as ray_tmp:
-        env = {**cluster_env(), "RAY_TMPDIR": ray_tmp}
-        env.pop("RAY_ADDRESS", None)
-        done = subprocess.run(
-            [sys.executable, str(script), str(gate)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_on_a_ray_of_its_own(tmp_path, GATED_PIPELINE, str(tmp_path / "first-batch-reported"))
     # The second batch found the first one's progress reported while it ran.
     assert result["parts"] == ["part-0", "part-1 (gate open)"]
     assert result["progress"] == [3, 3]
@@ -92,15 +97,6 @@ print(json.dumps({"driver": os.nice(0), "generator": ray.get(generator.niceness.
 def test_the_generating_stage_runs_at_the_drivers_niceness_and_the_others_below(tmp_path):
     """Ray starts workers at niceness 15; the generator's runtime environment keeps it at the node's usual one (the
     setting is Ray's own: a Ray that stopped honouring it would fail here)."""
-    script = tmp_path / "niceness.py"
-    script.write_text(NICENESS)
-    with tempfile.TemporaryDirectory(prefix="rp-", dir="/tmp") as ray_tmp:
-        env = {**cluster_env(), "RAY_TMPDIR": ray_tmp}
-        env.pop("RAY_ADDRESS", None)
-        done = subprocess.run(
-            [sys.executable, str(script)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_on_a_ray_of_its_own(tmp_path, NICENESS)
     assert found["generator"] == found["driver"], found
     assert found["other"] > found["generator"], found
