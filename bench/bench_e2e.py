@@ -13,6 +13,9 @@ this process, from the same model folders:
            imports, model load, files, videos, Ray, HTTP. Above 1 is possible where a path overlaps stages that the
            in-process loop runs one after the other (the service's UNets, vocoder and renderer are separate
            processes; the CLI writes files on a thread while it denoises).
+  share    = (CLI and sweeps) the share of the path's own time spent in the parts, by its samples' own clocks
+           (`time_in_parts`): measured within the run, so free of a shared machine's drift between runs, which the
+           ratios to the references measured minutes earlier are not; `outside_parts_s` is the rest.
 
 The paths (`--paths`, default all but sweep-scoring-video):
 
