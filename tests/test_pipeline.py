@@ -1,4 +1,4 @@
-"""The sweep pipeline (jobs/pipeline.py) on a real local Ray: its driver loop, its stages' niceness."""
+"""The sweep pipeline's driver loop (jobs/pipeline.py `run_pipeline`) on a real local Ray."""
 
 from __future__ import annotations
 
@@ -73,30 +73,3 @@ def test_progress_of_a_batch_arrives_before_the_next_batch_is_done(tmp_path):
     # The second batch found the first one's progress reported while it ran.
     assert result["parts"] == ["part-0", "part-1 (gate open)"]
     assert result["progress"] == [3, 3]
-
-
-NICENESS = """
-import json, os
-import ray
-from jobs.pipeline import stage_runtime_envs
-
-@ray.remote(num_cpus=0)
-class Probe:
-    def niceness(self):
-        return os.nice(0)
-
-ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-generator_env, other_env = stage_runtime_envs({"IMGSOUND_PROBE": "1"})
-generator = Probe.options(runtime_env=generator_env).remote()
-other = Probe.options(runtime_env=other_env).remote()
-print(json.dumps({"driver": os.nice(0), "generator": ray.get(generator.niceness.remote()),
-                  "other": ray.get(other.niceness.remote())}))
-"""
-
-
-def test_the_generating_stage_runs_at_the_drivers_niceness_and_the_others_below(tmp_path):
-    """Ray starts workers at niceness 15; the generator's runtime environment keeps it at the node's usual one (the
-    setting is Ray's own: a Ray that stopped honouring it would fail here)."""
-    found = run_on_a_ray_of_its_own(tmp_path, NICENESS)
-    assert found["generator"] == found["driver"], found
-    assert found["other"] > found["generator"], found
