@@ -24,6 +24,7 @@ import pytest
 
 from cluster.local_multinode import ACCELERATOR, LocalCluster
 from serve.local import REPO, deploy, http
+from tests.prometheus import total
 
 pytestmark = [pytest.mark.slow, pytest.mark.drill]
 
@@ -224,13 +225,6 @@ def replica_nodes(cluster: LocalCluster, deployment: str, nodes: range) -> list[
     return sorted(found)
 
 
-def metric_total(url: str, name: str) -> float:
-    """The service-wide value of counter `name` (the sum of its series) from the service's GET /metrics."""
-    status, _, text = http("GET", f"{url}/metrics", timeout=60)
-    assert status == 200, text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name)
-
-
 @dataclass
 class Service:
     """The drill's service: its cluster, its HTTP address and Serve's view of its deployments."""
@@ -314,7 +308,7 @@ def test_a_worker_node_lost_under_load_costs_only_503s_and_the_service_heals(ser
     assert in_flight, "no request was in flight when the node was lost"
     assert all(replica_nodes(cluster, name, every_node) == [2, spare] for name in UNETS)
 
-    retries = metric_total(service.url, "imgsound_remote_call_retries_total")
+    retries = total(service.url, "imgsound_remote_call_retries_total")
     counts = Counter(o.status for o in outcomes)
     before_kill = sorted(o.latency for o in outcomes if o.answered < killed_at)
     print(  # the drill's numbers (pytest -s), as the README reports them

@@ -3,12 +3,12 @@ the work, and the service answers the next request promptly."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
 from serve.local import http, start
+from tests.prometheus import total
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +37,8 @@ def service(tiny_models, tmp_path_factory):
     cluster.stop()
 
 
-def total(service, name: str, **labels: str) -> float:
-    status, _, text = http("GET", f"{service.url}/metrics")
-    assert status == 200
-    value = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            value += float(match.group(2))
-    return value
-
-
 def test_a_timed_out_call_is_not_retried_and_its_work_is_dropped(service):
-    retries_before = total(service, "imgsound_remote_call_retries_total")
+    retries_before = total(service.url, "imgsound_remote_call_retries_total")
     status, headers, body = http("POST", f"{service.url}/v1/generate", HEAVY)
     # The Vocoder's Griffin-Lim is what overruns; on a busy machine the image VAE's decode beside it may overrun
     # first, which cancels the Vocoder's call all the same.
@@ -59,13 +48,13 @@ def test_a_timed_out_call_is_not_retried_and_its_work_is_dropped(service):
     # The Vocoder replica stops between chunks once its call is cancelled: at least the chunk after the first
     # (4 samples) is dropped, never vocoded, and the next small request is served.
     deadline = time.monotonic() + 120
-    while total(service, "imgsound_abandoned_samples_total", stage="vocode") < 4 and time.monotonic() < deadline:
+    while total(service.url, "imgsound_abandoned_samples_total", stage="vocode") < 4 and time.monotonic() < deadline:
         time.sleep(1)
-    assert total(service, "imgsound_abandoned_samples_total", stage="vocode") in (4, 8)
+    assert total(service.url, "imgsound_abandoned_samples_total", stage="vocode") in (4, 8)
     status, _, _ = http("POST", f"{service.url}/v1/generate", TINY)
     assert status == 200
-    assert total(service, "imgsound_remote_call_retries_total") == retries_before
-    assert total(service, "imgsound_request_failures_total", reason="unavailable") >= 1
+    assert total(service.url, "imgsound_remote_call_retries_total") == retries_before
+    assert total(service.url, "imgsound_request_failures_total", reason="unavailable") >= 1
 
 
 def test_without_an_output_store_jobs_are_a_409_that_says_why(service):

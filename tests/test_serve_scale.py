@@ -11,6 +11,7 @@ import pytest
 
 from serve.auth import hash_key
 from serve.local import http, start
+from tests.prometheus import series
 
 pytestmark = pytest.mark.slow
 
@@ -88,16 +89,6 @@ def test_a_burst_over_the_rate_is_answered_429_with_retry_after(service):
     # More samples than the burst can never be admitted: a 422 that says so, not a 429 to retry.
     status, headers, body = generate(service, CLIENT_KEY, **{**SMALL, "num_samples": 8, "seed": 1})
     assert status == 422 and "at most 6" in body["detail"] and "retry-after" not in headers
-
-
-def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    found = []
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", line)
-        if match:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-            found.append((labels, float(match.group(2))))
-    return found
 
 
 def test_two_driver_replicas_share_requests_and_one_metrics_view(service):
