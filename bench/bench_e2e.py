@@ -115,6 +115,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from imgsound_core.host import keep_freed_memory  # noqa: E402
 from imgsound_core.models.bundle import DTYPES, load_bundle, parse_device  # noqa: E402
 from imgsound_core.request import SampleRequest  # noqa: E402
 from imgsound_core.sampler import Sampler  # noqa: E402
@@ -944,6 +945,12 @@ def main(argv: list[str] | None = None) -> None:
     from imgsound_core.cli import quiet_libraries
 
     quiet_libraries()
+    # The product processes keep freed memory (imgsound_core.host); the in-process reference does the same.
+    # `IMGSOUND_MALLOC_TOP_PAD=0` in the environment keeps glibc's default in every process of the run.
+    allocator = {
+        "keep_freed_memory": keep_freed_memory(),
+        **{k: os.environ[k] for k in ("IMGSOUND_MALLOC_TOP_PAD", "MALLOC_TOP_PAD_") if k in os.environ},
+    }
     signal.signal(signal.SIGTERM, interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="imgsound-e2e-"))
     models = args.models or workdir / "models"
@@ -951,7 +958,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["IMGSOUND_CACHE_DIR"] = str(workdir / "cache")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     child_env = dict(os.environ)
-    report = Report(args, machine_info())
+    report = Report(args, machine_info() | {"allocator": allocator})
     head = RayHead()
     found: dict[str, dict[int, str]] = {}
     try:

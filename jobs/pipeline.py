@@ -81,12 +81,10 @@ class WriteSamples:
 
     def __init__(self, spec: dict[str, Any], output_uri: str, endpoint_url: str | None, scoring: bool) -> None:
         from imgsound_core.cli import quiet_libraries
+        from imgsound_core.host import prepare_model_process
         from jobs.worker import SampleWriter
 
-        if _threads():
-            import torch
-
-            torch.set_num_threads(_threads())
+        prepare_model_process(_threads())
         quiet_libraries()
         self.writer = SampleWriter(spec, output_uri, endpoint_url)
         self.keep = SCORED_FILES if scoring else ()

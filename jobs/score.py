@@ -49,14 +49,12 @@ class ScoreWorker:
         endpoint_url: str | None = None,
         torch_threads: int | None = None,
     ) -> None:
-        import torch
-
         from imgsound_core.cli import quiet_libraries
+        from imgsound_core.host import prepare_model_process
         from imgsound_core.scoring import SampleScorer
         from jobs.worker import resolve_device
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        prepare_model_process(torch_threads)
         quiet_libraries()
         self.scoring = Scoring.model_validate(scoring)
         self.store = open_store(output_uri, endpoint_url=endpoint_url)

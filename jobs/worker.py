@@ -27,6 +27,7 @@ import torch
 
 from imgsound_core.artifacts import render_artifacts
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder
+from imgsound_core.host import prepare_model_process
 from imgsound_core.identity import SampleContext, model_identity, sample_id, sample_record
 from imgsound_core.imprint import ImprintSampler
 from imgsound_core.init_source import InitSourceError, source_sha256
@@ -93,8 +94,7 @@ class SweepWorker:
         endpoint_url: str | None = None,
         torch_threads: int | None = None,
     ) -> None:
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        prepare_model_process(torch_threads)
         from imgsound_core.cli import quiet_libraries
 
         quiet_libraries()

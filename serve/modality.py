@@ -24,6 +24,7 @@ from ray import serve
 
 from imgsound_core.compile import CompiledUNet, maybe_compile
 from imgsound_core.decode import decode_latents, encode_pixels
+from imgsound_core.host import prepare_model_process
 from imgsound_core.identity import dtype_name, model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from imgsound_core.noise import latent_shape
@@ -71,8 +72,7 @@ class UNetDeployment:
 
     def __init__(self, role: str, placement: dict[str, Any]) -> None:
         settings = ModelPlacement.model_validate(placement)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        prepare_model_process(settings.torch_threads)
         parts = {"unet", "text"} | ({"vae"} if role == "image" else set())
         self.role = role
         self.bundle = load_bundle(

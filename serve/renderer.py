@@ -16,6 +16,7 @@ import torch
 from ray import serve
 
 from imgsound_core.artifacts import render_artifacts
+from imgsound_core.host import prepare_model_process
 from jobs.store import Store, StoreError, open_store
 from serve.api import OUTPUT_FILES
 from serve.metrics import StageMetrics, WorkAbandoned
@@ -43,8 +44,7 @@ class RendererDeployment:
     """`output_store`: None, or the URI every sample is also written to as `<sample_id>/<file>`."""
 
     def __init__(self, output_store: str | None, torch_threads: int | None = None) -> None:
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        prepare_model_process(torch_threads)
         self.store = open_output_store(output_store)
         self.metrics = StageMetrics("render")
 

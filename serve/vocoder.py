@@ -15,6 +15,7 @@ from ray import serve
 
 from imgsound_core.audio.vocoder import GriffinLimVocoder, HiFiGANVocoder, spectrogram_to_waveform
 from imgsound_core.decode import decode_latents, encode_pixels, spectrogram_from_decoded
+from imgsound_core.host import prepare_model_process
 from imgsound_core.identity import model_identity
 from imgsound_core.models.bundle import load_bundle, parse_device, parse_dtype
 from serve.config import ModelPlacement
@@ -29,8 +30,7 @@ DECODE_CHUNK = 4
 class VocoderDeployment:
     def __init__(self, placement: dict[str, Any]) -> None:
         settings = ModelPlacement.model_validate(placement)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        prepare_model_process(settings.torch_threads)
         self.bundle = load_bundle(
             settings.model,
             "audio",

@@ -85,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.environ.get("IMGSOUND_DEBUG") and args.command != "download":  # downloads keep their progress bars
         quiet_libraries_on_import()
+    from imgsound_core.host import keep_freed_memory
     from imgsound_core.models.errors import ModelMismatchError, ModelNotAvailableError
     from imgsound_core.request import RequestError
+
+    keep_freed_memory()
 
     try:
         COMMANDS[args.command].run(args)
