@@ -26,8 +26,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import queue
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +61,16 @@ def _node_cpus() -> int:
 
     counts = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
     return min([c for c in counts if c > 0], default=1)
+
+
+def actor_pool(**sizes: int):
+    """A stage's actor pool, each actor given one batch at a time. With more in flight (Ray Data's default is 4), a
+    finished batch's output sometimes stayed with its actor until the actor had also finished the next batch: the
+    writers then waited a whole generation for it, and the progress bar too (measured: 1 run in 6 on a local Ray;
+    `tests/test_pipeline.py`). A batch's input is a few kilobytes, so the actor's wait for the next one is short."""
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(**sizes, max_tasks_in_flight_per_actor=1)
 
 
 def _threads() -> int | None:
@@ -151,7 +165,7 @@ def sweep_dataset(
         fn_constructor_args=(spec.model_dump(), cpu_threads),
         resources=spec.worker_resources,
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=generators),
+        compute=actor_pool(size=generators),
         num_gpus=(1 - SCORE_GPU_SHARE if score_on_gpu else 1) if use_gpu else 0,
         num_cpus=1,
         runtime_env=runtime_env,
@@ -160,7 +174,7 @@ def sweep_dataset(
         WriteSamples,
         fn_constructor_args=(spec.model_dump(), output_uri, endpoint_url, scoring),
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, writers)),
+        compute=actor_pool(min_size=1, max_size=max(1, writers)),
         num_cpus=WRITE_CPUS,
         runtime_env=runtime_env,
     )
@@ -169,7 +183,7 @@ def sweep_dataset(
             ScoreSamples,
             fn_constructor_args=(spec.scoring.model_dump(), output_uri, endpoint_url),
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=generators if score_on_gpu else 1),
+            compute=actor_pool(size=generators if score_on_gpu else 1),
             num_gpus=SCORE_GPU_SHARE if score_on_gpu else 0,
             num_cpus=0 if score_on_gpu else SCORE_CPUS,
             runtime_env=runtime_env,
@@ -177,14 +191,71 @@ def sweep_dataset(
     return dataset  # rows of `part` and `samples` (a last projection would hold rows back until the end)
 
 
-def run_pipeline(dataset, progress: Callable[[int], None]) -> Iterator[str]:
-    """Execute `dataset` (streaming); call `progress(samples)` per finished batch and yield its part's key.
+class PipelineStalled(RuntimeError):
+    """No batch came out of the pipeline for longer than its `StallWatch` allows."""
+
+
+@dataclass(frozen=True)
+class StallWatch:
+    """When a running pipeline counts as stalled: no batch out for `factor` × the longest wait for one so far (the
+    first wait included: the actors' start and model load), and never less than `floor_s`. Before the first batch
+    there is no limit: a model load takes what it takes.
+
+    Why: Ray Data rebuilds a block lost with a node by re-running the task that made it, which for an actor stage
+    needs that same actor; once the stage has finished, its actors are gone, and the stages that wait for the lost
+    block wait forever. A sweep that stops and says so is resumed exactly by a resubmit (only what has no row is
+    generated again)."""
+
+    floor_s: float = 300.0
+    factor: float = 5.0
+
+    def limit_s(self, longest_wait_s: float | None) -> float | None:
+        if longest_wait_s is None or self.floor_s <= 0:
+            return None
+        return max(self.floor_s, self.factor * longest_wait_s)
+
+
+DEFAULT_STALL_WATCH = StallWatch()
+
+
+def run_pipeline(
+    dataset, progress: Callable[[int], None], watch: StallWatch | None = DEFAULT_STALL_WATCH
+) -> Iterator[str]:
+    """Execute `dataset` (streaming); call `progress(samples)` per finished batch and yield its part's key; raise
+    `PipelineStalled` when `watch` says the pipeline has stopped moving.
 
     Each output block is taken as soon as it is ready: `iter_rows` prefetches one block ahead, which held every
-    batch's progress back until the next batch was written (a whole batch's generation).
+    batch's progress back until the next batch was written (a whole batch's generation). The blocks are read on a
+    thread, so that this one can stop waiting; the sweep then leaves Ray, which ends that thread's wait.
     """
-    for rows in dataset.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
-        for part, samples in zip(rows["part"], rows["samples"]):
+    blocks: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def read_blocks() -> None:
+        try:
+            for rows in dataset.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
+                blocks.put(("rows", rows))
+            blocks.put(("end", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            blocks.put(("error", error))
+
+    threading.Thread(target=read_blocks, name="sweep-pipeline", daemon=True).start()
+    last, longest = time.monotonic(), None
+    while True:
+        limit = watch.limit_s(longest) if watch is not None else None
+        try:
+            kind, value = blocks.get(timeout=limit)
+        except queue.Empty:
+            raise PipelineStalled(
+                f"no batch finished for {limit:.0f} s, {watch.factor:g} × the longest wait so far ({longest:.0f} s); "
+                "outputs lost with a node may never be rebuilt, and finished samples are kept"
+            ) from None
+        if kind == "error":
+            raise value
+        if kind == "end":
+            break
+        now = time.monotonic()
+        longest, last = max(longest or 0.0, now - last), now
+        for part, samples in zip(value["part"], value["samples"]):
             progress(int(samples))
             yield str(part)
     sys.stderr.flush()

@@ -33,7 +33,7 @@ from jobs.manifest import (
     read_parquet_bytes,
     read_sample_ids,
 )
-from jobs.pipeline import point_payload  # noqa: F401 - re-exported for in-process runs
+from jobs.pipeline import DEFAULT_STALL_WATCH, StallWatch, point_payload  # noqa: F401 - point_payload re-exported for in-process runs
 from jobs.spec import GridPoint, SpecError, SweepModels, SweepSpec, expand, load_spec
 from jobs.store import Store, StoreError, open_store
 
@@ -149,7 +149,14 @@ def forwarded_env() -> dict[str, str]:
     }
 
 
-def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | None, workers: int | None) -> None:
+def run_batches(
+    spec: SweepSpec,
+    batches,
+    output_uri: str,
+    endpoint_url: str | None,
+    workers: int | None,
+    watch: StallWatch | None = DEFAULT_STALL_WATCH,
+) -> None:
     """Generate, write (and with `scoring:`, score) `batches` through the streaming pipeline of jobs/pipeline.py."""
     import ray
     from tqdm import tqdm
@@ -162,7 +169,7 @@ def run_batches(spec: SweepSpec, batches, output_uri: str, endpoint_url: str | N
     dataset = sweep_dataset(spec, batches, output_uri, endpoint_url, count, use_gpu, forwarded_env())
     total = sum(len(b) for b in batches)
     with tqdm(total=total, unit="sample", desc=f"sweep {spec.name}", file=sys.stderr, mininterval=1.0) as bar:
-        for _ in run_pipeline(dataset, bar.update):
+        for _ in run_pipeline(dataset, bar.update, watch):
             pass
 
 
@@ -220,6 +227,7 @@ def execute(
     workers: int | None = None,
     address: str | None = None,
     models: SweepModels | None = None,
+    watch: StallWatch | None = DEFAULT_STALL_WATCH,
 ) -> int:
     """Generate what is left of `spec`, consolidate, then score if the spec asks; returns the manifest's rows."""
     points, batches = plan(spec, store, models or identify_models(spec, address))
@@ -228,7 +236,7 @@ def execute(
 
         if not ray.is_initialized():
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        run_batches(spec, batches, output, endpoint_url, workers)
+        run_batches(spec, batches, output, endpoint_url, workers, watch)
     rows = finalize(store, points)
     if spec.scoring is not None:
         from jobs.score import score_sweep
@@ -254,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else 1)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--dry-run", action="store_true", help="validate, count what is left, and stop")
+    parser.add_argument(
+        "--stall-after",
+        type=float,
+        default=StallWatch.floor_s,
+        metavar="SECONDS",
+        help="stop, to be resubmitted, when no batch has finished for this long and for 5× the longest wait so far "
+        "(default %(default)g; 0: wait forever)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -286,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     try:
-        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address, models)
+        watch = StallWatch(floor_s=args.stall_after)
+        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address, models, watch)
     except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
         print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
         return EXIT_FAILED

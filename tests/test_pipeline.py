@@ -31,12 +31,13 @@ def run_on_a_ray_of_its_own(tmp_path: Path, script: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# Two batches through an actor stage, as a sweep's; the second waits (up to GATE_S) for the first's progress. A loop
-# that held a batch's progress back until the next batch was out would open the gate only by timing out.
+# Two batches through an actor stage made as a sweep's are (`actor_pool`); the second waits (up to GATE_S) for the
+# first's progress. A loop, or an actor pool, that held a batch's output back until the next batch was out would open
+# the gate only by timing out.
 GATED_PIPELINE = """
 import json, os, sys, time
 import ray, ray.data
-from jobs.pipeline import run_pipeline
+from jobs.pipeline import actor_pool, run_pipeline
 
 GATE = sys.argv[1]
 GATE_S = 20.0
@@ -55,7 +56,7 @@ ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 context = ray.data.DataContext.get_current()
 context.enable_progress_bars = False
 dataset = ray.data.from_items([{"index": 0}, {"index": 1}], override_num_blocks=2).map_batches(
-    Batch, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1
+    Batch, batch_size=1, compute=actor_pool(size=1), num_cpus=1
 )
 events = []
 
@@ -73,3 +74,52 @@ def test_progress_of_a_batch_arrives_before_the_next_batch_is_done(tmp_path):
     # The second batch found the first one's progress reported while it ran.
     assert result["parts"] == ["part-0", "part-1 (gate open)"]
     assert result["progress"] == [3, 3]
+
+
+# Two batches; the second never finishes (as when its input was lost with a node and cannot be rebuilt).
+STALLING_PIPELINE = """
+import json, sys, time
+import ray, ray.data
+from jobs.pipeline import PipelineStalled, StallWatch, actor_pool, run_pipeline
+
+class Batch:
+    def __call__(self, rows):
+        if int(rows["index"][0]) == 1:
+            time.sleep(3600)
+        return {"part": [f"part-{int(rows['index'][0])}"], "samples": [1]}
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+ray.data.DataContext.get_current().enable_progress_bars = False
+dataset = ray.data.from_items([{"index": 0}, {"index": 1}], override_num_blocks=2).map_batches(
+    Batch, batch_size=1, compute=actor_pool(size=1), num_cpus=1
+)
+parts, error = [], None
+try:
+    for part in run_pipeline(dataset, lambda samples: None, StallWatch(floor_s=float(sys.argv[1]), factor=1.0)):
+        parts.append(part)
+        first = time.monotonic()
+except PipelineStalled as stalled:
+    error = str(stalled)
+waited = time.monotonic() - first
+ray.shutdown()
+print(json.dumps({"parts": parts, "error": error, "waited_s": waited}))
+"""
+
+
+def test_a_pipeline_that_stops_moving_is_stopped_with_a_reason(tmp_path):
+    result = run_on_a_ray_of_its_own(tmp_path, STALLING_PIPELINE, "4")
+    assert result["parts"] == ["part-0"]
+    assert result["error"].startswith("no batch finished for ")
+    assert "finished samples are kept" in result["error"]
+    # It gave up after the watch's limit (the floor, or the first batch's wait if longer), not after the hour.
+    assert 4 <= result["waited_s"] < 300
+
+
+def test_the_stall_limit_follows_the_longest_wait():
+    from jobs.pipeline import StallWatch
+
+    watch = StallWatch(floor_s=300, factor=5)
+    assert watch.limit_s(None) is None  # before the first batch: model loads take what they take
+    assert watch.limit_s(10) == 300
+    assert watch.limit_s(100) == 500
+    assert StallWatch(floor_s=0).limit_s(100) is None  # 0: wait forever
