@@ -5,18 +5,28 @@ replicas — calls `prepare_model_process(torch_threads)` once, before its first
 
 Why the allocator. On the CPU each UNet, VAE and vocoder call allocates activations of megabytes and frees them
 within milliseconds. glibc's malloc gives such memory back to the kernel eagerly: a chunk above the mmap
-threshold is `munmap`ed on free, and free space at the top of the heap above the trim threshold is released with
-`sbrk`. The next call takes it again, and every page taken again is a page fault that the kernel fills with
-zeros. A fresh process pays this at every step (later the dynamic mmap threshold adapts, partly). Keeping a
-pad of `top_pad` bytes at the top of the heap (`M_TOP_PAD`, which both grows the heap in large pieces and keeps
-that much when trimming) takes the churn away. Measured on two cores with the tiny models, 16 samples × 30 steps
-in a fresh process: 18.2–19.7 s by default, 14.3–15.5 s with a 512 MiB pad; decode + vocode alone 3.5–4.4 s →
-2.1–2.4 s; peak RSS grows by 40–100 MiB.
+threshold (128 KiB at first, adapting upwards as such chunks are freed) is `munmap`ed on free, and free space at
+the top of a heap above the trim threshold is released. The next call takes it again, and every page taken again
+is a page fault that the kernel fills with zeros. So a model process asks for three things (`mallopt`):
 
-`IMGSOUND_MALLOC_TOP_PAD` sets the pad in bytes; 0 leaves glibc as it is. A user's own glibc tuning
-(`MALLOC_TOP_PAD_`, read at process start) wins. (Setting that to glibc's default value is not the default:
-any such variable also freezes glibc's adaptive mmap threshold, and the same CLI run took 43–46 s instead of
-28.5 s.) Other C libraries (macOS, musl) are left alone.
+    M_MMAP_THRESHOLD  32 MiB   (glibc's largest): activations come from the heap, not from mmap
+    M_TRIM_THRESHOLD   1 GiB   a heap keeps up to this much free memory at its top
+    M_TOP_PAD        512 MiB   a heap grows in large pieces (`IMGSOUND_MALLOC_TOP_PAD`)
+
+The first matters most for threads other than the main one (a Ray Serve replica's, the CLI's file writer), whose
+heaps glibc caps at 64 MiB; the pad for a fresh process. Measured on two cores with the tiny models, 16 samples ×
+30 steps, four runs each (seconds):
+
+    glibc as it is       fresh process 18.2–19.1   on a second thread 18.7–23.6
+    pad only             fresh process 15.1–18.1   on a second thread 21.0–21.9
+    all three            fresh process 15.4–18.9   on a second thread 17.2–21.4
+
+and a whole `imgsound generate` of those 16 samples took 21 s with the pad instead of 28.5 s. Peak memory grows by
+40–130 MiB.
+
+`IMGSOUND_MALLOC_TOP_PAD=0` leaves glibc as it is. A user's own glibc tuning (`MALLOC_TOP_PAD_`,
+`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, read at process start) wins: then nothing is changed. Other C
+libraries (macOS, musl) are left alone.
 """
 
 from __future__ import annotations
@@ -25,7 +35,11 @@ import ctypes
 import os
 
 DEFAULT_TOP_PAD = 512 << 20
-M_TOP_PAD = -2  # glibc's <malloc.h>
+MMAP_THRESHOLD = 32 << 20  # glibc refuses more (HEAP_MAX_SIZE / 2 on 64-bit)
+TRIM_THRESHOLD = 1 << 30
+# glibc's <malloc.h>
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+USER_SETTINGS = ("MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def _is_glibc() -> bool:
@@ -36,25 +50,30 @@ def _is_glibc() -> bool:
 
 
 def keep_freed_memory(top_pad: int | None = None) -> bool:
-    """Ask glibc's malloc to keep `top_pad` bytes of freed heap (default: `IMGSOUND_MALLOC_TOP_PAD`, else
-    512 MiB) instead of returning them to the kernel.
+    """Ask glibc's malloc to serve activations from its heaps and keep freed memory there, with a pad of
+    `top_pad` bytes (default: `IMGSOUND_MALLOC_TOP_PAD`, else 512 MiB), instead of returning it to the kernel.
 
-    Returns whether the setting was applied: False for a pad of 0, on another C library, or when the
-    environment's `MALLOC_TOP_PAD_` already chose a value."""
+    Returns whether the settings were applied: False for a pad of 0, on another C library, or when the
+    environment already tunes glibc's malloc (`USER_SETTINGS`)."""
     if top_pad is None:
         top_pad = int(os.environ.get("IMGSOUND_MALLOC_TOP_PAD", DEFAULT_TOP_PAD))
-    if top_pad <= 0 or os.environ.get("MALLOC_TOP_PAD_") is not None or not _is_glibc():
+    if top_pad <= 0 or any(name in os.environ for name in USER_SETTINGS) or not _is_glibc():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    return bool(libc.mallopt(M_TOP_PAD, top_pad))
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        (M_TRIM_THRESHOLD, max(TRIM_THRESHOLD, top_pad)),
+        (M_TOP_PAD, top_pad),
+    )
+    return all(libc.mallopt(option, value) == 1 for option, value in settings)
 
 
 def prepare_model_process(torch_threads: int | None = None) -> None:
     """Settings for a process about to run models: `torch_threads` CPU threads for torch (None: torch's
-    default, one per core) and the allocator's pad (see the module's docstring)."""
+    default, one per core) and the allocator's (see the module's docstring)."""
     if torch_threads:
         import torch
 

@@ -64,13 +64,20 @@ def _node_cpus() -> int:
 
 
 def actor_pool(**sizes: int):
-    """A stage's actor pool, each actor given one batch at a time. With more in flight (Ray Data's default is 4), a
-    finished batch's output sometimes stayed with its actor until the actor had also finished the next batch: the
-    writers then waited a whole generation for it, and the progress bar too (measured: 1 run in 6 on a local Ray;
-    `tests/test_pipeline.py`). A batch's input is a few kilobytes, so the actor's wait for the next one is short."""
+    """A stage's actor pool: each actor given one batch at a time, and running it on its main thread.
+
+    One at a time: with more in flight (Ray Data's default is 4), a finished batch's output sometimes stayed with its
+    actor until the actor had also finished the next batch: the writers then waited a whole generation for it, and
+    the progress bar too (1 run in 6 on a local Ray; `tests/test_pipeline.py`). A batch's input is a few kilobytes,
+    so the actor's wait for the next one is short.
+
+    Main thread: by default Ray Data calls the stage on a thread of its own, beside the one that loaded the models,
+    and there the same 16 samples × 30 steps of the tiny models took 26–30 s instead of 18–19 s on two cores
+    (torch's CPU threads and glibc's per-thread heaps; `imgsound_core/host.py`). That thread exists to overlap
+    fetching a batch's input with the work, which a few kilobytes do not need."""
     import ray.data
 
-    return ray.data.ActorPoolStrategy(**sizes, max_tasks_in_flight_per_actor=1)
+    return ray.data.ActorPoolStrategy(**sizes, max_tasks_in_flight_per_actor=1, enable_true_multi_threading=True)
 
 
 def _threads() -> int | None:
