@@ -43,7 +43,7 @@ from jobs.spec import GridPoint, SweepSpec
 SCORE_GPU_SHARE = 0.25
 WRITE_CPUS = 0.5
 SCORE_CPUS = 0.5
-WRITERS_PER_GENERATOR = 2  # encoding and uploads of one batch take about as long as generating one (video: more)
+WRITERS_PER_GENERATOR = 2  # on a GPU, encoding and uploads of a batch take about as long as generating it (video: more)
 
 
 def point_payload(point: GridPoint) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def sweep_dataset(
     context.raise_original_map_exception = True  # a failed sweep names its cause (e.g. StoreError), not "UDF failed"
     scoring = spec.scoring is not None
     score_on_gpu = scoring and use_gpu and spec.scoring.device != "cpu"
-    writers = spec.writers or WRITERS_PER_GENERATOR * generators
+    writers = spec.writers or (WRITERS_PER_GENERATOR if use_gpu else 1) * generators
     runtime_env = {"env_vars": env_vars} if env_vars else None
     items = [{"points": json.dumps([point_payload(p) for p in batch])} for batch in batches]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
@@ -181,7 +181,7 @@ def sweep_dataset(
         WriteSamples,
         fn_constructor_args=(spec.model_dump(), output_uri, endpoint_url, scoring),
         batch_size=1,
-        compute=actor_pool(min_size=1, max_size=max(1, writers)),
+        compute=actor_pool(size=writers),  # a fixed pool: one batch in flight leaves Ray Data nothing to scale on
         num_cpus=WRITE_CPUS,
         runtime_env=runtime_env,
     )

@@ -161,7 +161,10 @@ class SweepSpec(BaseModel):
         "nodes started with --resources), so they are placed one per node that offers them",
     )
     writers: int | None = Field(
-        default=None, ge=1, le=256, description="most actors encoding and uploading; default: 2 per generating actor"
+        default=None,
+        ge=1,
+        le=256,
+        description="actors encoding and uploading; default: 2 per generating actor on GPUs, 1 on CPUs",
     )
     scoring: Scoring | None = Field(default=None, description="score every sample after generation (`scoring: {}`)")
 
