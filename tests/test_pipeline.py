@@ -1,4 +1,4 @@
-"""The sweep pipeline's driver loop (jobs/pipeline.py `run_pipeline`) on a real local Ray."""
+"""The sweep pipeline (jobs/pipeline.py) on a real local Ray: its driver loop, its stall watch, its stages' niceness."""
 
 from __future__ import annotations
 
@@ -123,3 +123,30 @@ def test_the_stall_limit_follows_the_longest_wait():
     assert watch.limit_s(10) == 300
     assert watch.limit_s(100) == 500
     assert StallWatch(floor_s=0).limit_s(100) is None  # 0: wait forever
+
+
+NICENESS = """
+import json, os
+import ray
+from jobs.pipeline import stage_runtime_envs
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def niceness(self):
+        return os.nice(0)
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+generator_env, other_env = stage_runtime_envs({"IMGSOUND_PROBE": "1"})
+generator = Probe.options(runtime_env=generator_env).remote()
+other = Probe.options(runtime_env=other_env).remote()
+print(json.dumps({"driver": os.nice(0), "generator": ray.get(generator.niceness.remote()),
+                  "other": ray.get(other.niceness.remote())}))
+"""
+
+
+def test_the_generating_stage_runs_at_the_drivers_niceness_and_the_others_below(tmp_path):
+    """Ray starts workers at niceness 15; the generator's runtime environment keeps it at the node's usual one (the
+    setting is Ray's own: a Ray that stopped honouring it would fail here)."""
+    found = run_on_a_ray_of_its_own(tmp_path, NICENESS)
+    assert found["generator"] == found["driver"], found
+    assert found["other"] > found["generator"], found
