@@ -21,7 +21,7 @@ heaps glibc caps at 64 MiB; the pad for a fresh process. Measured on two cores w
     pad only             fresh process 15.1–18.1   on a second thread 21.0–21.9
     all three            fresh process 15.4–18.9   on a second thread 17.2–21.4
 
-and a whole `imgsound generate` of those 16 samples took 21 s with the pad instead of 28.5 s. Peak memory grows by
+and a whole `imgsound generate` of those 16 samples took 21 s with the pad alone instead of 28.5 s. Peak memory grows by
 40–130 MiB.
 
 `IMGSOUND_MALLOC_TOP_PAD=0` leaves glibc as it is. A user's own glibc tuning (`MALLOC_TOP_PAD_`,
