@@ -115,7 +115,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from imgsound_core.host import keep_freed_memory  # noqa: E402
+from imgsound_core.host import USER_SETTINGS, keep_freed_memory  # noqa: E402
 from imgsound_core.models.bundle import DTYPES, load_bundle, parse_device  # noqa: E402
 from imgsound_core.request import SampleRequest  # noqa: E402
 from imgsound_core.sampler import Sampler  # noqa: E402
@@ -949,7 +949,7 @@ def main(argv: list[str] | None = None) -> None:
     # `IMGSOUND_MALLOC_TOP_PAD=0` in the environment keeps glibc's default in every process of the run.
     allocator = {
         "keep_freed_memory": keep_freed_memory(),
-        **{k: os.environ[k] for k in ("IMGSOUND_MALLOC_TOP_PAD", "MALLOC_TOP_PAD_") if k in os.environ},
+        **{k: os.environ[k] for k in ("IMGSOUND_MALLOC_TOP_PAD", *USER_SETTINGS) if k in os.environ},
     }
     signal.signal(signal.SIGTERM, interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="imgsound-e2e-"))

@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=StallWatch.floor_s,
         metavar="SECONDS",
-        help="stop, to be resubmitted, when no batch has finished for this long and for 5× the longest wait so far "
-        "(default %(default)g; 0: wait forever)",
+        help="stop, to be resubmitted, when no batch has finished for this long and for "
+        f"{StallWatch.factor:g}× the longest wait so far (default %(default)g; 0: wait forever)",
     )
     args = parser.parse_args(argv)
 
