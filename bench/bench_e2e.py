@@ -13,6 +13,11 @@ this process, from the same model folders:
            imports, model load, files, videos, Ray, HTTP. Above 1 is possible where a path overlaps stages that the
            in-process loop runs one after the other (the service's UNets, vocoder and renderer are separate
            processes; the CLI writes files on a thread while it denoises).
+  × parts measured around it
+           = (`--bracket`, the default) path samples/s ÷ the mean of the `parts` rates measured just before and just
+           after the path (`parts` is measured again after each product path): a drift of a shared machine's speed
+           over the run, linear in time, cancels out of it, which it does not from × parts; the rates of `parts`
+           over the run are in `info.parts_rates`.
   share    = (CLI and sweeps) the share of the path's own time spent in the parts, by its samples' own clocks
            (`time_in_parts`): measured within the run, so free of a shared machine's drift between runs, which the
            ratios to the references measured minutes earlier are not; `outside_parts_s` is the rest.
@@ -205,7 +210,12 @@ class Result:
 
 
 class Report:
-    """Collects results, prints one JSON line each, rewrites `--json` after each, prints the tables at the end."""
+    """Collects results, prints one JSON line each, rewrites `--json` after each, prints the tables at the end.
+
+    With `--bracket`, `parts` is measured again after each product path, and each of its results gets the ratio to
+    the mean of the two `parts` rates around it (`bracket`): a drift of the machine's speed during the run, linear
+    in time, then cancels out of that ratio.
+    """
 
     def __init__(self, args: argparse.Namespace, machine: dict[str, Any]) -> None:
         self.json_path: Path | None = args.json
@@ -216,9 +226,10 @@ class Report:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         }
         self.results: list[Result] = []
-        self.entries: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
         self.reference: dict[str, float] = {}
+        self.parts_rates: list[dict[str, Any]] = []  # every measurement of `parts`: {"after", "samples_per_s"}
+        self.unbracketed: list[Result] = []  # product paths run since the last measurement of `parts`
 
     def ratios(self, samples_per_s: float) -> dict[str, float | None]:
         return {
@@ -226,9 +237,8 @@ class Report:
             for name in ("bare", "parts")
         }
 
-    def add(self, result: Result) -> None:
-        self.results.append(result)
-        entry = {
+    def entry(self, result: Result) -> dict[str, Any]:
+        return {
             "path": result.path,
             "label": result.label,
             "samples": result.samples,
@@ -237,9 +247,35 @@ class Report:
             **self.ratios(result.samples_per_s),
             **result.extra,
         }
-        self.entries.append(entry)
-        print(json.dumps(entry), flush=True)
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+        if result.path == "parts":
+            self.parts_measured(result.samples_per_s, after=None)
+        elif result.path != "bare":
+            self.unbracketed.append(result)
+        print(json.dumps(self.entry(result)), flush=True)
         self.write()
+
+    def parts_measured(self, samples_per_s: float, after: str | None) -> None:
+        """A measurement of `parts`: it closes the bracket of every product path since the one before."""
+        if self.parts_rates:
+            before = self.parts_rates[-1]["samples_per_s"]
+            mean = (before + samples_per_s) / 2
+            for result in self.unbracketed:
+                steady = result.extra.get("steady_samples_per_s")
+                result.extra.update(
+                    {
+                        "parts_before_samples_per_s": before,
+                        "parts_after_samples_per_s": samples_per_s,
+                        "ratio_to_bracketing_parts": result.samples_per_s / mean,
+                        "steady_ratio_to_bracketing_parts": steady / mean if steady is not None else None,
+                    }
+                )
+        self.unbracketed = []
+        self.parts_rates.append({"after": after, "samples_per_s": samples_per_s})
+        if after is not None:
+            self.note(parts_rates=self.parts_rates)
 
     def note(self, **info: Any) -> None:
         self.info.update(info)
@@ -250,7 +286,7 @@ class Report:
         if self.json_path is None:
             return
         self.json_path.parent.mkdir(parents=True, exist_ok=True)
-        document = {**self.header, "info": self.info, "results": self.entries}
+        document = {**self.header, "info": self.info, "results": [self.entry(r) for r in self.results]}
         self.json_path.write_text(json.dumps(document, indent=2) + "\n")
 
     def table(self) -> str:
@@ -259,8 +295,8 @@ class Report:
 
         lines = [
             "| path | samples | seconds | samples/s | × bare sampler | × parts (denoise+decode+vocode) | "
-            "parts' share of the run (own clocks) |",
-            "|---|---|---|---|---|---|---|",
+            "× parts measured around it | parts' share of the run (own clocks) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for result in self.results:
             rate = result.samples_per_s
@@ -268,6 +304,7 @@ class Report:
             lines.append(
                 f"| {result.label} | {result.samples} | {number(result.seconds, 1)} | {number(rate)} | "
                 f"{number(ratios['ratio_to_bare'], 2)} | {number(ratios['ratio_to_parts'], 2)} | "
+                f"{number(result.extra.get('ratio_to_bracketing_parts'), 2)} | "
                 f"{number(result.extra.get('parts_share_in_run'), 2)} |"
             )
             steady = result.extra.get("steady_samples_per_s")
@@ -276,8 +313,12 @@ class Report:
                 lines.append(
                     f"| {result.label}, steady (after the first batch) | {result.extra['steady_samples']} | "
                     f"{number(result.extra['steady_seconds'], 1)} | {number(steady)} | "
-                    f"{number(ratios['ratio_to_bare'], 2)} | {number(ratios['ratio_to_parts'], 2)} | – |"
+                    f"{number(ratios['ratio_to_bare'], 2)} | {number(ratios['ratio_to_parts'], 2)} | "
+                    f"{number(result.extra.get('steady_ratio_to_bracketing_parts'), 2)} | – |"
                 )
+        if len(self.parts_rates) > 1:
+            rates = [r["samples_per_s"] for r in self.parts_rates]
+            lines += ["", f"parts measured {len(rates)} times: {min(rates):.3f}–{max(rates):.3f} samples/s"]
         served = [r for r in self.results if "latency_p50_s" in r.extra]
         if served:
             lines += [
@@ -439,8 +480,11 @@ def write_full_size_scorers(root: Path) -> None:
 
 
 # ---- (a), (b): in process --------------------------------------------------------------------------------------
-def measure_in_process(args: argparse.Namespace, models: Path, report: Report) -> dict[int, str]:
-    """The bare sampler and the sum of its parts, on the same loaded models; freed afterwards."""
+def measure_in_process(
+    args: argparse.Namespace, models: Path, report: Report, after: str | None = None
+) -> dict[int, str]:
+    """The bare sampler and the sum of its parts, on the same loaded models; freed afterwards. `after` names the
+    product path just run: then `parts` alone is measured again, to bracket that path (`--bracket`)."""
     from imgsound_core.audio.vocoder import HiFiGANVocoder
     from imgsound_core.identity import SampleContext, model_identity
     from imgsound_core.identity import sample_id as make_sample_id
@@ -460,13 +504,16 @@ def measure_in_process(args: argparse.Namespace, models: Path, report: Report) -
     warm = base_request(args, 10_000).expand(min(args.batch_size, count))
     list(sampler.generate([dataclasses.replace(r, steps=2, image_start_step=1) for r in warm]))
     sync(device)
-    report.note(in_process_warm_up_s=time.perf_counter() - t0, in_process_compiled=getattr(sampler, "compiled", False))
+    if after is None:
+        report.note(
+            in_process_warm_up_s=time.perf_counter() - t0, in_process_compiled=getattr(sampler, "compiled", False)
+        )
     context = SampleContext(model_identity(image), model_identity(audio), args.dtype, "hifigan", False)
     ids = {r.seed: make_sample_id(r, context) for r in requests}
 
     labels = {"bare": "bare sampler (Sampler.denoise)", "parts": "parts (Sampler.generate: denoise + decode + vocode)"}
     for path, label in labels.items():
-        if path not in args.paths:
+        if path not in args.paths or (after is not None and path != "parts"):
             continue
         stages = {"decode": 0.0, "vocode": 0.0}
         sync(device)
@@ -480,6 +527,9 @@ def measure_in_process(args: argparse.Namespace, models: Path, report: Report) -
                     stages[stage] += result.timings_s.get(stage, 0.0)
         sync(device)
         measured = Result(path, label, count, time.perf_counter() - t0)
+        if after is not None:
+            report.parts_measured(measured.samples_per_s, after=after)
+            continue
         if path == "parts":
             measured.extra = {f"{stage}_s_total": value for stage, value in stages.items()}
         report.reference[path] = measured.samples_per_s
@@ -921,6 +971,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS), help="[all but sweep-scoring-video]"
     )
+    parser.add_argument(
+        "--bracket",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure parts again after each product path and report its ratio to the two around it",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (bench/results/…)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder (outputs, specs, configs)")
     args = parser.parse_args(argv)
@@ -965,19 +1021,30 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         write_models(models, args.arch, parse_device(args.device), DTYPES[args.dtype])
         report.note(models_ready_s=time.perf_counter() - t0, arch=args.arch)
-        if {"bare", "parts"} & set(args.paths):
-            found["in-process"] = measure_in_process(args, models, report)
-        for video in (False, True):
-            if ("cli-video" if video else "cli") in args.paths:
-                found["cli-video" if video else "cli"] = run_cli(args, models, workdir, child_env, video, report)
         sweeps = [p for p in PATHS if p.startswith("sweep") and p in args.paths]
         serving = {"serve", "serve-poisson"} & set(args.paths)
         if sweeps or serving:
+            # Up before the references too: every measurement of the run shares the idle cluster's background.
             report.note(ray_head_start_s=head.start(os.cpu_count() or 2), ray_head="up before any timing starts")
+        if {"bare", "parts"} & set(args.paths):
+            found["in-process"] = measure_in_process(args, models, report)
+        bracket = args.bracket and "parts" in args.paths
+
+        def measured(path: str) -> None:
+            if bracket:
+                measure_in_process(args, models, report, after=path)
+
+        for video in (False, True):
+            path = "cli-video" if video else "cli"
+            if path in args.paths:
+                found[path] = run_cli(args, models, workdir, child_env, video, report)
+                measured(path)
         for path in sweeps:
             found[path] = run_sweep(args, models, workdir, head, "scoring" in path, "video" in path, report)
+            measured(path)
         if serving:
             found["serve"] = run_service(args, models, workdir, head, report)
+            measured("serve")
         report.note(**check_ids(found))
     finally:
         head.stop()

@@ -38,5 +38,15 @@ def test_bench_e2e_runs_at_ci_size_and_accounts_for_every_path(tmp_path):
         assert 0 < entry["in_run_parts_s"] < entry["seconds"]
         assert entry["outside_parts_s"] > 0
         assert entry["parts_share_in_run"] == pytest.approx(entry["in_run_parts_s"] / entry["seconds"])
+    # parts was measured again after each product path, and each has its ratio to the two measurements around it.
+    rates = document["info"]["parts_rates"]
+    assert [r["after"] for r in rates] == [None, "cli", "sweep"]
+    assert rates[0]["samples_per_s"] == pytest.approx(by_path["parts"]["samples_per_s"])
+    for path, (before, after) in (("cli", rates[0:2]), ("sweep", rates[1:3])):
+        entry = by_path[path]
+        assert entry["parts_before_samples_per_s"] == before["samples_per_s"]
+        assert entry["parts_after_samples_per_s"] == after["samples_per_s"]
+        mean = (before["samples_per_s"] + after["samples_per_s"]) / 2
+        assert entry["ratio_to_bracketing_parts"] == pytest.approx(entry["samples_per_s"] / mean)
     # The printed table names every path with its share of the run.
-    assert "parts' share of the run" in done.stdout and "imgsound generate (whole command)" in done.stdout
+    assert "parts' share of the run" in done.stdout and "× parts measured around it" in done.stdout and "imgsound generate (whole command)" in done.stdout
