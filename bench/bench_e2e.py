@@ -212,9 +212,9 @@ class Result:
 class Report:
     """Collects results, prints one JSON line each, rewrites `--json` after each, prints the tables at the end.
 
-    With `--bracket`, `parts` is measured again after each product path, and each of its results gets the ratio to
-    the mean of the two `parts` rates around it (`bracket`): a drift of the machine's speed during the run, linear
-    in time, then cancels out of that ratio.
+    With `--bracket`, `parts` is measured again after each product path, and each of its results gets the ratio
+    to the mean of the two `parts` rates around it (`parts_measured`): a drift of the machine's speed during the
+    run, linear in time, then cancels out of that ratio.
     """
 
     def __init__(self, args: argparse.Namespace, machine: dict[str, Any]) -> None:
@@ -1030,7 +1030,7 @@ def main(argv: list[str] | None = None) -> None:
             found["in-process"] = measure_in_process(args, models, report)
         bracket = args.bracket and "parts" in args.paths
 
-        def measured(path: str) -> None:
+        def measure_parts_after(path: str) -> None:
             if bracket:
                 measure_in_process(args, models, report, after=path)
 
@@ -1038,13 +1038,13 @@ def main(argv: list[str] | None = None) -> None:
             path = "cli-video" if video else "cli"
             if path in args.paths:
                 found[path] = run_cli(args, models, workdir, child_env, video, report)
-                measured(path)
+                measure_parts_after(path)
         for path in sweeps:
             found[path] = run_sweep(args, models, workdir, head, "scoring" in path, "video" in path, report)
-            measured(path)
+            measure_parts_after(path)
         if serving:
             found["serve"] = run_service(args, models, workdir, head, report)
-            measured("serve")
+            measure_parts_after("serve")
         report.note(**check_ids(found))
     finally:
         head.stop()
