@@ -27,6 +27,7 @@ from imgsound_core.audio.mel import HOP_LENGTH, SAMPLE_RATE_HZ
 from imgsound_core.audio.vocoder import crop_waveform
 from imgsound_core.modes import umask_mode
 from imgsound_core.request import CROP_COLUMNS
+from imgsound_core.video import unit_to_uint8
 
 ARTIFACT_NAMES = ("image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sample.json")
 # Optional: `render_artifacts(..., video=True)` adds it (before `sample.json`, which stays last).
@@ -41,8 +42,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     in the model thread's team too, for the rest of the process: `imgsound generate` then made 57,000 context
     switches instead of 300 for 32 samples × 30 steps on two cores, and denoised up to 18 % slower.
     """
-    pixels = np.clip(image.detach().float().cpu().numpy(), 0.0, 1.0)
-    return (pixels * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    return unit_to_uint8(image.detach().float().cpu().numpy())
 
 
 def png_bytes(image: torch.Tensor, text: Mapping[str, str] | None = None) -> bytes:

@@ -95,6 +95,12 @@ class Canvas:
 # --- pictures and captions -----------------------------------------------------------------------------------------
 
 
+def unit_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] → uint8 with rounding (x·255 + 0.5 in float32, as torchvision's save_image does)."""
+    pixels = np.clip(array.astype(np.float32, copy=False), 0.0, 1.0)
+    return (pixels * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
 def as_rgb_uint8(picture: PictureLike) -> np.ndarray:
     """Any picture form this project uses → (H, W, 3) uint8.
 
@@ -111,7 +117,7 @@ def as_rgb_uint8(picture: PictureLike) -> np.ndarray:
     else:
         array = np.asarray(picture)
     if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        array = unit_to_uint8(array)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3):
