@@ -694,9 +694,11 @@ class JobRunner:
     async def _declare_stale(self, state: JobState) -> JobState:
         failed = state.ended("failed", self.clock(), STALE_REASON)
         await self.jobs.request_cancel(state.job_id)  # first: a replica that was only paused stops, not overwrites
-        await self.jobs.write(failed)
         if state.ticket:
-            self._background_task(self.release(state.ticket))
+            # Before the verdict: whoever reads `failed` may resubmit at once, into the slots this job held.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.release(state.ticket), timeout=10)
+        await self.jobs.write(failed)
         self.on_end("failed")
         self._send_webhook(failed)
         return failed
