@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from imgsound_core.cli import baselines, colorize, evaluate, generate, media, models, spectrograms
 from imgsound_core.cli.common import EXIT_USAGE, CliError, Subparsers, quiet_libraries, quiet_libraries_on_import
@@ -78,6 +79,13 @@ def as_flags(message: str, args: argparse.Namespace) -> str:
         lambda m: flags.get(m.group(0), m.group(0)),
         message,
     )
+
+
+def console_main() -> NoReturn:
+    """The `imgsound` command: `main()` with the arguments of the process, then its exit (`host.end_process`)."""
+    from imgsound_core.host import end_process
+
+    end_process(main())
 
 
 def main(argv: list[str] | None = None) -> int:
