@@ -81,7 +81,7 @@ def identify(source: str | os.PathLike, path: str | os.PathLike, revision: str |
     `revision` is the commit a hub id resolved to (None for a folder). A folder written by `imgsound download` is
     its hub id and recorded commit; any other folder is its fingerprint.
     """
-    from imgsound_core.models.bundle import SOURCE_FILE
+    from imgsound_core.models.location import SOURCE_FILE
 
     path = Path(path)
     text = str(source)
@@ -106,7 +106,7 @@ def identify_source(source: str | os.PathLike, role: str) -> ModelIdentity:
 
     Raises `ModelNotAvailableError` (one sentence) when it is not on this machine.
     """
-    from imgsound_core.models.bundle import resolve_model_path
+    from imgsound_core.models.location import resolve_model_path
 
     path, revision = resolve_model_path(source, role)
     return identify(source, path, revision)
@@ -254,7 +254,7 @@ def fingerprint_folder(folder: str | os.PathLike) -> str:
     and spacing do not matter); weights count as tensors, under the safetensors name the loaders prefer, and a
     pickle with a safetensors copy beside it is skipped (the loaders read the copy).
     """
-    from imgsound_core.models.convert import PICKLE_TO_SAFETENSORS
+    from imgsound_core.models.location import PICKLE_TO_SAFETENSORS
 
     root = Path(folder)
     entries: dict[str, str] = {}

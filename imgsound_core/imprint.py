@@ -15,19 +15,17 @@ step counts share UNet batches — so imprint is batched like the method itself.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from imgsound_core.audio.vocoder import Vocoder, spectrogram_to_waveform
 from imgsound_core.decode import decode_latents, spectrogram_from_decoded
+from imgsound_core.methods import ImprintRequest  # noqa: F401 - re-exported: the request of this method
 from imgsound_core.models.bundle import ModelBundle
 from imgsound_core.noise import latent_shape
-from imgsound_core.request import RequestError, SampleRequest, known_fields
 from imgsound_core.sampler import ProgressCallback, Sampler
 
 
@@ -39,67 +37,6 @@ def imprint_spectrogram(spectrogram: torch.Tensor, gray: torch.Tensor, ratio: fl
         raise ValueError(f"spectrogram {tuple(spectrogram.shape)} and picture {tuple(gray.shape)} differ in shape")
     mask_source = 1.0 - gray if invert else gray
     return spectrogram * (1.0 - ratio * mask_source)
-
-
-@dataclass(frozen=True)
-class ImprintRequest:
-    """One imprint sample; the defaults are the reference's (50 / 100 steps, guidance 7.5 / 7.5, ρ 0.5, inverted)."""
-
-    image_prompt: str
-    audio_prompt: str
-    image_negative: str = ""
-    audio_negative: str = ""
-    image_steps: int = 50
-    audio_steps: int = 100
-    image_guidance: float = 7.5
-    audio_guidance: float = 7.5
-    ratio: float = 0.5
-    invert: bool = True
-    seed: int = 0
-    height: int = 256
-    width: int = 1024
-
-    def __post_init__(self) -> None:
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0 <= self.ratio <= 1:
-            raise RequestError(f"ratio must be a number between 0 and 1, got {self.ratio!r}")
-        if not isinstance(self.invert, bool):
-            raise RequestError("invert must be true or false")
-        self.image_request()  # the two runs validate prompts, steps, scales, seed and size
-        self.audio_request()
-
-    def image_request(self) -> SampleRequest:
-        """The picture: the image model alone (the audio model never joins)."""
-        return SampleRequest(
-            image_prompt=self.image_prompt,
-            audio_prompt=self.audio_prompt,
-            image_negative=self.image_negative,
-            audio_negative=self.audio_negative,
-            steps=self.image_steps,
-            image_guidance=self.image_guidance,
-            audio_guidance=self.audio_guidance,
-            image_start_step=0,
-            audio_start_step=self.image_steps,
-            seed=self.seed,
-            height=self.height,
-            width=self.width,
-        )
-
-    def audio_request(self) -> SampleRequest:
-        """The spectrogram: the audio model alone."""
-        return dataclasses.replace(
-            self.image_request(), steps=self.audio_steps, image_start_step=self.audio_steps, audio_start_step=0
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ImprintRequest:
-        return cls(**known_fields(cls, data, "imprint"))
-
-    def expand(self, num_samples: int) -> list[ImprintRequest]:
-        """Sample i has seed `seed + i`, as in the method."""
-        return [dataclasses.replace(self, seed=r.seed) for r in self.image_request().expand(num_samples)]
 
 
 def imprint_latents(seed: int, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

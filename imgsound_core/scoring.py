@@ -51,7 +51,8 @@ def resolve_scorer(source: str, what: str = "scorer", flag: str = "--clip-model/
     """
     from pathlib import Path
 
-    from imgsound_core.models.bundle import ModelNotAvailableError, find_downloaded
+    from imgsound_core.models.errors import ModelNotAvailableError
+    from imgsound_core.models.location import find_downloaded
 
     if Path(source).expanduser().is_dir():
         return source

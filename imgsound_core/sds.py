@@ -21,10 +21,8 @@ uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgsound_core.request import RequestError, check_text, known_fields
+from imgsound_core.methods import SDSSettings  # noqa: F401 - re-exported: the request of this method
 
 T_MIN_FRACTION, T_MAX_FRACTION = 0.02, 0.98  # timesteps sampled in [20, 980] of 1000, as the reference
 
@@ -126,70 +124,6 @@ def sds_loss(x: torch.Tensor, eps_hat: torch.Tensor, eps: torch.Tensor, alpha_ba
     grad = torch.nan_to_num(weight * (eps_hat.float() - eps.float()))
     target = (x.float() - grad).detach()
     return 0.5 * ((x.float() - target) ** 2).sum() / x.shape[0]
-
-
-@dataclass(frozen=True)
-class SDSSettings:
-    """An SDS run; defaults are the reference's examples (40 000 iterations, guidance 80 / 10, weights 0.4 / 1,
-    the image prior joining at iteration 5 000, 8 crops, a 1-channel 256×1024 picture, AdamW 1e-4 / 1e-3)."""
-
-    image_prompt: str
-    audio_prompt: str
-    image_negative: str = ""
-    audio_negative: str = ""
-    iterations: int = 40_000
-    image_start_step: int = 5_000
-    image_guidance: float = 80.0
-    audio_guidance: float = 10.0
-    image_weight: float = 0.4
-    audio_weight: float = 1.0
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-3
-    crops: int = 8
-    crop_size: int = 256
-    channels: int = 1
-    height: int = 256
-    width: int = 1024
-    hidden: int = 256
-    features: int = 128
-    feature_scale: float = 10.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("image_prompt", "audio_prompt", "image_negative", "audio_negative"):
-            check_text(name, getattr(self, name))
-        if not self.image_prompt.strip() or not self.audio_prompt.strip():
-            raise RequestError("image_prompt and audio_prompt must not be empty")
-        for name in ("iterations", "crops", "crop_size", "hidden", "features"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise RequestError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0 <= self.image_start_step <= self.iterations:
-            raise RequestError(f"image_start_step must be between 0 and iterations ({self.iterations})")
-        if self.channels not in (1, 3):
-            raise RequestError(f"channels must be 1 or 3, got {self.channels}")
-        if self.height % 8 or self.width % 8 or self.height < 8 or self.width < 8:
-            raise RequestError(f"height and width must be positive multiples of 8, got {self.height}×{self.width}")
-        if self.crop_size > min(self.height, self.width):
-            raise RequestError(f"crop_size {self.crop_size} exceeds the picture ({self.height}×{self.width})")
-        for name in ("image_guidance", "audio_guidance", "image_weight", "audio_weight", "learning_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise RequestError(f"{name} must be a finite number ≥ 0, got {value!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise RequestError(f"seed must be a non-negative integer, got {self.seed!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SDSSettings:
-        return cls(**known_fields(cls, data, "SDS"))
-
-    def expand(self, num_samples: int) -> list[SDSSettings]:
-        """Sample i has seed `seed + i`."""
-        if num_samples < 1:
-            raise RequestError(f"num_samples must be at least 1, got {num_samples}")
-        return [dataclasses.replace(self, seed=self.seed + i) for i in range(num_samples)]
 
 
 class SDSRun:

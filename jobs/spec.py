@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from imgsound_core.defaults import CLAP_MODEL_ID, CLIP_MODEL_ID, DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 from imgsound_core.identity import (
     ModelIdentity,
     SampleContext,
@@ -41,9 +42,7 @@ from imgsound_core.init_source import (
     source_sha256,
 )
 from imgsound_core.methods import REQUEST_TYPES, request_fields
-from imgsound_core.models.bundle import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL
 from imgsound_core.request import DEFAULT_INIT_STRENGTH, RequestError, SampleRequest, check_crop
-from imgsound_core.scoring import CLAP_MODEL_ID, CLIP_MODEL_ID
 
 Method = Literal["denoise", "imprint", "sds"]
 DEFAULT_IMAGE_PRIOR = "DeepFloyd/IF-I-M-v1.0"  # the SDS baseline's image prior (IF stage I), as the paper's

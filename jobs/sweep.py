@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgsound_core.models.bundle import ModelNotAvailableError
+from imgsound_core.models.errors import ModelNotAvailableError
 from jobs.manifest import (
     MANIFEST_FILE,
     MANIFEST_PREFIX,

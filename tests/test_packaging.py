@@ -302,6 +302,75 @@ def test_the_command_runs_without_the_extras_libraries(tmp_path: Path) -> None:
     assert (gallery / "index.html").is_file()
 
 
+# --- a sweep's driver without the model libraries ---------------------------------------------------------------------
+
+# The driver validates the spec, identifies the models from their files, plans and runs the pipeline; the models run
+# in the pipeline's actors. Without torch its start-up, on the way to the first batch, is 1.1 s shorter on two cores.
+# Only a model folder this machine has never fingerprinted is read with torch (its tensors), once.
+MODEL_LIBRARIES = ["torch", "torchvision", "diffusers", "transformers"]
+DRIVER_SCRIPT = r"""
+import json
+import sys
+
+BLOCKED = frozenset(json.loads(sys.argv[1]))
+asked = set()
+
+
+class NotInstalled:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            asked.add(name)
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+
+sys.meta_path[:] = [NotInstalled(finder) for finder in sys.meta_path]
+import jobs.manifest, jobs.pipeline, jobs.score, jobs.sweep  # everything the driver runs after planning, too
+
+code = jobs.sweep.main(sys.argv[2:])
+print("RESULT " + json.dumps({"code": code, "asked": sorted(asked)}))
+"""
+
+
+def test_a_sweeps_driver_plans_without_the_model_libraries(tiny_models: Path, tmp_path: Path) -> None:
+    from imgsound_core.identity import identify_source
+
+    cache = {"IMGSOUND_CACHE_DIR": str(tmp_path / "cache")}
+    with pytest.MonkeyPatch.context() as patch:  # fingerprinted once, as any earlier run on the machine does
+        patch.setenv("IMGSOUND_CACHE_DIR", cache["IMGSOUND_CACHE_DIR"])
+        for role in ("image", "audio"):
+            identify_source(tiny_models / role, role)
+    assert (tmp_path / "cache" / "fingerprints.json").is_file()
+    spec = {
+        "name": "driver",
+        "pairs": [{"image": "castle towers", "audio": "bell ringing"}],
+        "samples_per_pair": 3,
+        "params": {"steps": 2, "height": 64, "width": 256},
+        "models": {"image": str(tiny_models / "image"), "audio": str(tiny_models / "audio"), "device": "cpu"},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    command = [json.dumps(MODEL_LIBRARIES), "spec.json", "--output", str(tmp_path / "out"), "--dry-run"]
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER_SCRIPT, *command],
+        cwd=tmp_path,
+        env={**clean_env(**cache), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert "RESULT " in done.stdout, done.stderr[-5000:]
+    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+    assert result == {"code": 0, "asked": []}, done.stderr[-3000:]
+    assert "3 grid points, 0 already done, 3 to generate" in done.stderr
+
+
 # --- a real install of the core alone ---------------------------------------------------------------------------------
 
 

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import torch
 
+from imgsound_core.models.location import PICKLE_TO_SAFETENSORS
 from imgsound_core.modes import umask_mode
-
-# Pickle name → safetensors name, as diffusers and transformers name them.
-PICKLE_TO_SAFETENSORS = {
-    "diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
-    "pytorch_model.bin": "model.safetensors",
-}
 
 
 class UnsafePickleError(ValueError):

@@ -40,8 +40,8 @@ from imgsound_core.models.bundle import (
     _has_safetensors,
     _load_part,
     describe_weights,
-    resolve_model_path,
 )
+from imgsound_core.models.location import resolve_model_path
 
 IF_TEXT_LENGTH = 77  # tokens; T5 reads longer text, but IF was trained on 77 (diffusers hard-codes it too)
 IF_UPSCALE = 4  # stage II: 64 → 256 pixels

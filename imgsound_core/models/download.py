@@ -18,9 +18,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from imgsound_core.models.bundle import SOURCE_FILE
 from imgsound_core.models.convert import Conversion, convert_model_dir
 from imgsound_core.models.deepfloyd import is_deepfloyd, licence_note
+from imgsound_core.models.location import SOURCE_FILE
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "vocoder")
 WEIGHT_PREFERENCE = (
