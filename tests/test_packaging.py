@@ -194,10 +194,10 @@ def test_the_extra_declares_what_its_package_imports(extra: str) -> None:
 
 # --- the command without the extras' libraries ------------------------------------------------------------------------
 
-# Runs in a fresh interpreter: wraps every meta-path finder so that the blocked modules are not found (as if not
-# installed; `importlib.util.find_spec` answers None for them, so optional-dependency probes see them as absent),
-# then calls `imgsound_core.cli.main` with each argument list and reports which blocked modules were asked for.
-NO_EXTRAS_SCRIPT = r"""
+# The start of a script for a fresh interpreter: wraps every meta-path finder so that the modules named in argv[1]
+# are not found (as if not installed; `importlib.util.find_spec` answers None for them, so optional-dependency probes
+# see them as absent), and records in `asked` which of them were asked for.
+BLOCKER = r"""
 import json
 import sys
 
@@ -227,7 +227,11 @@ for name in BLOCKED:
         continue
     raise SystemExit(f"the blocker let {name} through")
 asked.clear()
-
+"""
+# Calls `imgsound_core.cli.main` with each argument list and reports which blocked modules were loaded.
+NO_EXTRAS_SCRIPT = (
+    BLOCKER
+    + r"""
 from imgsound_core.cli import main
 
 for args in json.loads(sys.argv[2]):
@@ -237,6 +241,7 @@ for args in json.loads(sys.argv[2]):
 loaded = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
 print("RESULT " + json.dumps({"loaded": loaded, "asked": sorted(asked)}))
 """
+)
 
 
 def clean_env(**updates: str) -> dict[str, str]:
@@ -305,37 +310,18 @@ def test_the_command_runs_without_the_extras_libraries(tmp_path: Path) -> None:
 # --- a sweep's driver without the model libraries ---------------------------------------------------------------------
 
 # The driver validates the spec, identifies the models from their files, plans and runs the pipeline; the models run
-# in the pipeline's actors. Without torch its start-up, on the way to the first batch, is 1.1 s shorter on two cores.
+# in the pipeline's actors. Without torch its start-up, on the way to the first batch, takes 1.1 s less CPU.
 # Only a model folder this machine has never fingerprinted is read with torch (its tensors), once.
 MODEL_LIBRARIES = ["torch", "torchvision", "diffusers", "transformers"]
-DRIVER_SCRIPT = r"""
-import json
-import sys
-
-BLOCKED = frozenset(json.loads(sys.argv[1]))
-asked = set()
-
-
-class NotInstalled:
-    def __init__(self, finder):
-        self.finder = finder
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            asked.add(name)
-            return None
-        return self.finder.find_spec(name, path, target)
-
-    def __getattr__(self, name):
-        return getattr(self.finder, name)
-
-
-sys.meta_path[:] = [NotInstalled(finder) for finder in sys.meta_path]
+DRIVER_SCRIPT = (
+    BLOCKER
+    + r"""
 import jobs.manifest, jobs.pipeline, jobs.score, jobs.sweep  # everything the driver runs after planning, too
 
 code = jobs.sweep.main(sys.argv[2:])
 print("RESULT " + json.dumps({"code": code, "asked": sorted(asked)}))
 """
+)
 
 
 def test_a_sweeps_driver_plans_without_the_model_libraries(tiny_models: Path, tmp_path: Path) -> None:
