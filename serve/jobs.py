@@ -599,10 +599,15 @@ class JobRunner:
                 self.queue.remove(job)
             if ticket is not None:
                 # Awaited: a job that reads `cancelled` (or any end) no longer holds its samples' slots.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.release(ticket), timeout=10)
+                await self._release_before_verdict(ticket)
             if final is not None:
                 await self._finish(job, final)
+
+    async def _release_before_verdict(self, ticket: str) -> None:
+        """Free a job's slots at the Gatekeeper before its end is published; bounded, and a failure only leaves the
+        ticket to expire (a verdict is never held back by the Gatekeeper)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.release(ticket), timeout=10)
 
     async def _finish(self, job: LocalJob, final: JobState) -> None:
         job_id = final.job_id
@@ -696,8 +701,7 @@ class JobRunner:
         await self.jobs.request_cancel(state.job_id)  # first: a replica that was only paused stops, not overwrites
         if state.ticket:
             # Before the verdict: whoever reads `failed` may resubmit at once, into the slots this job held.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.release(state.ticket), timeout=10)
+            await self._release_before_verdict(state.ticket)
         await self.jobs.write(failed)
         self.on_end("failed")
         self._send_webhook(failed)
