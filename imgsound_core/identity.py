@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgsound_core.models.location import PICKLE_TO_SAFETENSORS, SOURCE_FILE, resolve_model_path
 from imgsound_core.request import content_id
 
 DENOISE = "denoise"
@@ -81,8 +82,6 @@ def identify(source: str | os.PathLike, path: str | os.PathLike, revision: str |
     `revision` is the commit a hub id resolved to (None for a folder). A folder written by `imgsound download` is
     its hub id and recorded commit; any other folder is its fingerprint.
     """
-    from imgsound_core.models.location import SOURCE_FILE
-
     path = Path(path)
     text = str(source)
     if revision is not None and not Path(text).expanduser().is_dir():
@@ -106,8 +105,6 @@ def identify_source(source: str | os.PathLike, role: str) -> ModelIdentity:
 
     Raises `ModelNotAvailableError` (one sentence) when it is not on this machine.
     """
-    from imgsound_core.models.location import resolve_model_path
-
     path, revision = resolve_model_path(source, role)
     return identify(source, path, revision)
 
@@ -254,8 +251,6 @@ def fingerprint_folder(folder: str | os.PathLike) -> str:
     and spacing do not matter); weights count as tensors, under the safetensors name the loaders prefer, and a
     pickle with a safetensors copy beside it is skipped (the loaders read the copy).
     """
-    from imgsound_core.models.location import PICKLE_TO_SAFETENSORS
-
     root = Path(folder)
     entries: dict[str, str] = {}
     cache = _FingerprintCache.load()
