@@ -16,25 +16,37 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 from PIL import Image
 
 from imgsound_core import provenance
-from imgsound_core.audio.mel import HOP_LENGTH, SAMPLE_RATE_HZ
-from imgsound_core.audio.vocoder import crop_waveform
+from imgsound_core.audio.layout import HOP_LENGTH, SAMPLE_RATE_HZ, crop_waveform
 from imgsound_core.modes import umask_mode
 from imgsound_core.request import CROP_COLUMNS
 from imgsound_core.video import unit_to_uint8
+
+if TYPE_CHECKING:
+    import torch
+
+# A sample's picture or waveform as a model returns it (a tensor, on any device) or as it crosses processes (an
+# array). This module needs no torch: a sweep's writers encode arrays and never load it.
+Values: TypeAlias = "torch.Tensor | np.ndarray"
 
 ARTIFACT_NAMES = ("image.png", "spectrogram.png", "spectrogram.npy", "audio.wav", "sample.json")
 # Optional: `render_artifacts(..., video=True)` adds it (before `sample.json`, which stays last).
 VIDEO_NAME = "video.mp4"
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
+def as_float32(values: Values) -> np.ndarray:
+    """A tensor (any device and dtype) or an array → a float32 numpy array."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
+def to_uint8(image: Values) -> np.ndarray:
     """[0, 1] float → uint8 with rounding (x·255 + 0.5, as torchvision's save_image does).
 
     In numpy, not torch: files are encoded on writer threads, and a torch operator there starts an OpenMP team of
@@ -42,10 +54,10 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     in the model thread's team too, for the rest of the process: `imgsound generate` then made 57,000 context
     switches instead of 300 for 32 samples × 30 steps on two cores, and denoised up to 18 % slower.
     """
-    return unit_to_uint8(image.detach().float().cpu().numpy())
+    return unit_to_uint8(as_float32(image))
 
 
-def png_bytes(image: torch.Tensor, text: Mapping[str, str] | None = None) -> bytes:
+def png_bytes(image: Values, text: Mapping[str, str] | None = None) -> bytes:
     """Encode `(3, H, W)` RGB or `(H, W)` grayscale in [0, 1] as PNG, with `text` as iTXt chunks (UTF-8)."""
     from PIL.PngImagePlugin import PngInfo
 
@@ -69,34 +81,33 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def wav_bytes(
-    waveform: torch.Tensor | np.ndarray, sample_rate_hz: int = SAMPLE_RATE_HZ, info: Mapping[str, str] | None = None
-) -> bytes:
+def wav_bytes(waveform: Values, sample_rate_hz: int = SAMPLE_RATE_HZ, info: Mapping[str, str] | None = None) -> bytes:
     """16-bit PCM WAV (the reference code's format), clipped to [−1, 1]; `info` fields (e.g. `INAM`) go into a
     RIFF `LIST`/`INFO` chunk after the data."""
     import soundfile
 
-    samples = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    samples = np.clip(as_float32(waveform).reshape(-1), -1.0, 1.0)
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, sample_rate_hz, subtype="PCM_16", format="WAV")
     return provenance.with_wav_info(buffer.getvalue(), info) if info else buffer.getvalue()
 
 
 def render_artifacts(
-    image: torch.Tensor,
-    spectrogram: torch.Tensor,
-    waveform: torch.Tensor,
+    image: Values,
+    spectrogram: Values,
+    waveform: Values,
     record: Mapping[str, Any],
     crop: bool = False,
     *,
-    extra_pictures: Mapping[str, torch.Tensor] | None = None,
+    extra_pictures: Mapping[str, Values] | None = None,
     video: bool = False,
     video_fps: int | None = None,
 ) -> dict[str, bytes]:
     """The files of one sample, as bytes, in the order to write them (`sample.json` last).
 
     Args:
-        image: `(3, H, W)` in [0, 1]; spectrogram: `(H, W)` in [0, 1]; waveform: `(W · 160,)`.
+        image: `(3, H, W)` in [0, 1]; spectrogram: `(H, W)` in [0, 1]; waveform: `(W · 160,)`; each a tensor or
+            an array.
         record: provenance written as `sample.json` (must be JSON-serialisable); its reproducible part (request,
             sample id, models, vocoder, crop, mel settings) also goes inside the PNGs and the WAV.
         crop: drop the last `CROP_COLUMNS` columns of the pictures and the matching audio; `spectrogram.npy`
@@ -107,14 +118,16 @@ def render_artifacts(
             because it costs about as much as vocoding.
         video_fps: its frame rate (default `video.DEFAULT_FPS`).
     """
-    full_spectrogram = spectrogram.float().cpu().numpy().astype(np.float32)
+    image, spectrogram, waveform = as_float32(image), as_float32(spectrogram), as_float32(waveform)
+    extra_pictures = {name: as_float32(p) for name, p in (extra_pictures or {}).items()}
+    full_spectrogram = spectrogram
     width = spectrogram.shape[-1]
     if crop:
         if width <= CROP_COLUMNS:
             raise ValueError(f"cannot crop {CROP_COLUMNS} columns from a {width}-column spectrogram")
         image = image[..., : width - CROP_COLUMNS]
         spectrogram = spectrogram[..., : width - CROP_COLUMNS]
-        extra_pictures = {name: p[..., : width - CROP_COLUMNS] for name, p in (extra_pictures or {}).items()}
+        extra_pictures = {name: p[..., : width - CROP_COLUMNS] for name, p in extra_pictures.items()}
         waveform = crop_waveform(waveform, CROP_COLUMNS, width)
     record = {**record, "crop_columns": CROP_COLUMNS if crop else 0, "audio_samples": int(waveform.shape[-1])}
     meta = provenance.sample_provenance(record)
@@ -124,7 +137,7 @@ def render_artifacts(
         "spectrogram.npy": npy_bytes(full_spectrogram),
         "audio.wav": wav_bytes(waveform, info=provenance.wav_info(meta)),
     }
-    for name, picture in (extra_pictures or {}).items():
+    for name, picture in extra_pictures.items():
         artifacts[name] = png_bytes(picture, provenance.png_text(meta, name))
     if video:
         from imgsound_core.video import DEFAULT_FPS, render_video

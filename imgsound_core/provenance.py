@@ -11,7 +11,7 @@ parameters that made it:
   as RIFF requires.
 
 The provenance is a function of the sample alone — request, sample id, models (their identities: hub id and
-revision or a fingerprint, and dtype), vocoder, crop and the mel settings of `audio/mel.py` — never of timings,
+revision or a fingerprint, and dtype), vocoder, crop and the mel settings of `audio/layout.py` — never of timings,
 clocks or local paths, so a sample made again the same way (same batch composition) gives byte-identical files.
 
 Pure byte functions: nothing here reads or writes files except `read_file_metadata`.
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from imgsound_core import __version__
-from imgsound_core.audio import mel
+from imgsound_core.audio import layout
 from imgsound_core.methods import request_fields
 from imgsound_core.request import LATER_FIELD_DEFAULTS
 
@@ -72,21 +72,22 @@ class ProvenanceError(ValueError):
 
 
 def mel_settings() -> dict[str, Any]:
-    """The mel front end and normalisation of `audio/mel.py` and `audio/spectrogram.py`, as plain JSON values."""
+    """The mel front end and normalisation (`audio/layout.py`, `audio/mel.py`, `audio/spectrogram.py`) as plain JSON
+    values."""
     return {
         "representation": REPRESENTATION,
-        "sample_rate_hz": mel.SAMPLE_RATE_HZ,
-        "n_fft": mel.N_FFT,
-        "hop_length": mel.HOP_LENGTH,
-        "win_length": mel.WIN_LENGTH,
-        "n_mels": mel.N_MELS,
-        "fmin_hz": mel.FMIN_HZ,
-        "fmax_hz": mel.FMAX_HZ,
+        "sample_rate_hz": layout.SAMPLE_RATE_HZ,
+        "n_fft": layout.N_FFT,
+        "hop_length": layout.HOP_LENGTH,
+        "win_length": layout.WIN_LENGTH,
+        "n_mels": layout.N_MELS,
+        "fmin_hz": layout.FMIN_HZ,
+        "fmax_hz": layout.FMAX_HZ,
         "mel_scale": "slaney",
-        "stft_padding": f"reflect {mel.STFT_PAD}",
+        "stft_padding": f"reflect {layout.STFT_PAD}",
         "log": "natural",
-        "mel_floor": mel.MEL_FLOOR,
-        "mel_ceiling": mel.MEL_CEILING,
+        "mel_floor": layout.MEL_FLOOR,
+        "mel_ceiling": layout.MEL_CEILING,
         "normalization": "(clamp(ln mel, ln mel_floor, ln mel_ceiling) - ln mel_floor) / ln(mel_ceiling / mel_floor)",
         "row_0": "highest frequency",
     }
@@ -416,5 +417,5 @@ def to_default_range(pixels: np.ndarray, settings: Mapping[str, Any]) -> np.ndar
     """
     low, high = math.log(settings["mel_floor"]), math.log(settings["mel_ceiling"])
     log_mel = low + np.asarray(pixels, dtype=np.float64) * (high - low)
-    ours = (log_mel - mel.LOG_MEL_MIN) / (mel.LOG_MEL_MAX - mel.LOG_MEL_MIN)
+    ours = (log_mel - layout.LOG_MEL_MIN) / (layout.LOG_MEL_MAX - layout.LOG_MEL_MIN)
     return np.clip(ours, 0.0, 1.0).astype(np.float32)

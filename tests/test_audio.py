@@ -338,3 +338,32 @@ def test_crop_arithmetic() -> None:
     assert crop_waveform(waveform, 0, 1024).shape == (2, 163840)
     with pytest.raises(ValueError):
         crop_waveform(waveform, 1024, 1024)
+
+
+def test_the_package_exports_every_name_of_its_submodules_and_no_other() -> None:
+    import importlib
+
+    import imgsound_core.audio as audio
+    from imgsound_core.audio import layout, mel, vocoder
+
+    for name in audio.__all__:
+        source = importlib.import_module(f"imgsound_core.audio.{audio._SOURCES[name]}")
+        assert getattr(audio, name) is getattr(source, name), name
+    assert mel.HOP_LENGTH is layout.HOP_LENGTH and vocoder.crop_waveform is layout.crop_waveform
+    assert set(audio.__all__) <= set(dir(audio))
+    with pytest.raises(AttributeError, match="no attribute 'HOP'"):
+        audio.HOP  # noqa: B018
+
+
+def test_the_layout_and_the_files_it_shapes_need_no_torch() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import imgsound_core.artifacts, imgsound_core.provenance\n"
+        "from imgsound_core.audio import HOP_LENGTH, crop_waveform\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'torch'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"

@@ -1,8 +1,8 @@
 """Auffusion's mel front end: waveform → natural-log mel spectrogram.
 
-This module owns the audio representation's constants (sample rate, STFT geometry, mel band layout and the
-log-mel range) and the one function that turns a waveform into the log-mel that Auffusion's VAE, UNet and
-HiFi-GAN vocoder were trained on.
+The representation's constants (sample rate, STFT geometry, mel band layout and the log-mel range) live in
+`layout.py`, which needs no torch, and are re-exported here. This module holds the one function that turns a
+waveform into the log-mel that Auffusion's VAE, UNet and HiFi-GAN vocoder were trained on.
 
 The transform, for a waveform x of T samples at 16 kHz:
 
@@ -18,30 +18,25 @@ One spectrogram column is 160 samples (10 ms), so 1024 columns are 10.24 s of au
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-SAMPLE_RATE_HZ = 16000
-N_FFT = 2048
-HOP_LENGTH = 160
-WIN_LENGTH = 1024
-N_MELS = 256
-FMIN_HZ = 0
-FMAX_HZ = 8000  # Nyquist at 16 kHz: the bands cover the whole spectrum
-
-# Floor applied to the linear mel energy before the log; also the bottom of the image range.
-MEL_FLOOR = 1e-5
-# Top of the image range in linear units. Louder bins saturate to white when normalised.
-MEL_CEILING = 200.0
-LOG_MEL_MIN = math.log(MEL_FLOOR)  # -11.5129
-LOG_MEL_MAX = math.log(MEL_CEILING)  # 5.2983
-
-# Reflect padding on each side so that, with center=False, a waveform of k·HOP_LENGTH samples gives exactly k
-# frames: (T + 2·pad - N_FFT) / HOP + 1 = T / HOP.
-STFT_PAD = (N_FFT - HOP_LENGTH) // 2
+from .layout import (
+    FMAX_HZ,
+    FMIN_HZ,
+    HOP_LENGTH,
+    LOG_MEL_MAX,
+    LOG_MEL_MIN,
+    MEL_CEILING,
+    MEL_FLOOR,
+    N_FFT,
+    N_MELS,
+    SAMPLE_RATE_HZ,
+    STFT_PAD,
+    WIN_LENGTH,
+)
 
 # Added under the square root of the magnitude so that its gradient stays finite at silent bins.
 MAGNITUDE_EPS = 1e-9
@@ -52,6 +47,8 @@ __all__ = [
     "HOP_LENGTH",
     "LOG_MEL_MAX",
     "LOG_MEL_MIN",
+    "MEL_CEILING",
+    "MEL_FLOOR",
     "N_FFT",
     "N_MELS",
     "SAMPLE_RATE_HZ",

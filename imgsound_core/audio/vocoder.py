@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .griffinlim import GRIFFIN_LIM_N_ITER, griffin_lim
 from .hifigan import Generator, load_hifigan
+from .layout import crop_waveform
 from .mel import HOP_LENGTH, N_MELS, SAMPLE_RATE_HZ
 from .spectrogram import denormalize_spectrogram
 
@@ -30,8 +29,6 @@ __all__ = [
     "crop_waveform",
     "spectrogram_to_waveform",
 ]
-
-ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 
 class Vocoder(ABC):
@@ -138,16 +135,3 @@ def spectrogram_to_waveform(spectrogram_image: torch.Tensor, vocoder: Vocoder) -
     if image.shape[-2] != n_mels:
         image = F.interpolate(image, size=(n_mels, image.shape[-1]), mode="bilinear", align_corners=False)
     return vocoder(denormalize_spectrogram(image))
-
-
-def crop_waveform(waveform: ArrayT, crop_columns: int, total_columns: int) -> ArrayT:
-    """Drop the audio under the last `crop_columns` of `total_columns` spectrogram columns.
-
-    Removes int(crop_columns / total_columns · T) samples from the end of the last axis, with the reference's
-    order of operations: 32 of 1024 columns of 163840 samples drops 5120 and leaves 158720 (9.92 s).
-    """
-    if not 0 <= crop_columns < total_columns:
-        raise ValueError(f"crop_columns must lie in [0, {total_columns}), got {crop_columns}.")
-    length = waveform.shape[-1]
-    drop = int(crop_columns / total_columns * length)
-    return waveform[..., : length - drop]
