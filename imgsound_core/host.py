@@ -1,7 +1,8 @@
 """Process-wide settings for a process that runs the models: torch's CPU threads and the C allocator.
 
-Every process that denoises, decodes, vocodes or encodes samples — the CLI, a sweep's actors, the service's
-replicas — calls `prepare_model_process(torch_threads)` once, before its first model call.
+Every process that denoises, decodes, vocodes or encodes samples — the CLI, a sweep's generators, the service's
+replicas — calls `prepare_model_process(torch_threads)` once, before its first model call; a sweep's writers, which
+run no model and load no torch, call `keep_freed_memory()`.
 
 Why the allocator. On the CPU each UNet, VAE and vocoder call allocates activations of megabytes and frees them
 within milliseconds. glibc's malloc gives such memory back to the kernel eagerly: a chunk above the mmap

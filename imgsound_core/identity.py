@@ -178,11 +178,13 @@ def library_versions() -> dict[str, str]:
 
     from imgsound_core import __version__
 
+    # Plain strings: torch's version is a `str` subclass of torch's own, which would make every record that crosses
+    # processes (a sweep's batches) need torch to be unpickled.
     return {
         "imgsound": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
+        "torch": str(torch.__version__),
+        "diffusers": str(diffusers.__version__),
+        "transformers": str(transformers.__version__),
     }
 
 

@@ -105,12 +105,12 @@ class WriteSamples:
     """Stage 2: files and the manifest part of each batch; passes the scored files on when scoring follows."""
 
     def __init__(self, spec: dict[str, Any], output_uri: str, endpoint_url: str | None, scoring: bool) -> None:
-        from imgsound_core.cli import quiet_libraries
-        from imgsound_core.host import prepare_model_process
-        from jobs.worker import SampleWriter
+        from imgsound_core.host import keep_freed_memory
+        from jobs.writer import SampleWriter
 
-        prepare_model_process(_threads())
-        quiet_libraries()
+        # No torch or model library here (jobs/writer.py): on a node's cores, a writer that imported them took
+        # 2.9 s of CPU at start, while the generator loads its models on the same cores.
+        keep_freed_memory()
         self.writer = SampleWriter(spec, output_uri, endpoint_url)
         self.keep = SCORED_FILES if scoring else ()
 

@@ -12,6 +12,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -355,6 +356,77 @@ def test_a_sweeps_driver_plans_without_the_model_libraries(tiny_models: Path, tm
     result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
     assert result == {"code": 0, "asked": []}, done.stderr[-3000:]
     assert "3 grid points, 0 already done, 3 to generate" in done.stderr
+
+
+WRITER_SCRIPT = (
+    BLOCKER
+    + r"""
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from jobs.pipeline import WriteSamples
+
+spec = json.loads(Path("spec.json").read_text())
+stage = WriteSamples(spec, sys.argv[2], None, False)
+written = stage({"generated": np.array([Path("batch.pickle").read_bytes()], dtype=object)})
+loaded = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
+print("RESULT " + json.dumps({"parts": [str(p) for p in written["part"]], "loaded": loaded, "asked": sorted(asked)}))
+"""
+)
+
+
+def test_a_sweeps_writer_stores_a_batch_without_the_model_libraries(tiny_models: Path, tmp_path: Path) -> None:
+    """The write stage unpickles a real generated batch (arrays, no tensors) and writes every file, with the crop and
+    the video, in a process where torch and the model libraries cannot be imported; the files are the very bytes a
+    writer with torch loaded writes."""
+    from jobs.spec import SweepSpec
+    from jobs.store import LocalStore
+    from jobs.sweep import plan, point_payload
+    from jobs.worker import SweepWorker
+    from jobs.writer import SampleWriter
+
+    spec = SweepSpec.model_validate(
+        {
+            "name": "writer",
+            "pairs": [{"image": "castle towers", "audio": "bell ringing"}],
+            "samples_per_pair": 2,
+            "params": {"steps": 2, "height": 64, "width": 256},
+            "models": {"image": str(tiny_models / "image"), "audio": str(tiny_models / "audio"), "device": "cpu"},
+            "crop": True,
+            "video": True,
+        }
+    )
+    _, batches = plan(spec, LocalStore(tmp_path / "planned"))
+    batch = SweepWorker(spec.model_dump()).generate([point_payload(p) for p in batches[0]])
+    (tmp_path / "batch.pickle").write_bytes(pickle.dumps(batch, protocol=5))
+    (tmp_path / "spec.json").write_text(json.dumps(spec.model_dump()))
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER_SCRIPT, json.dumps(MODEL_LIBRARIES), str(tmp_path / "lean")],
+        cwd=tmp_path,
+        env={**clean_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert "RESULT " in done.stdout, done.stderr[-5000:]
+    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+    assert result["loaded"] == [] and result["asked"] == [], result
+    assert len(result["parts"]) == 1 and (tmp_path / "lean" / result["parts"][0]).is_file()
+
+    SampleWriter(spec.model_dump(), str(tmp_path / "with-torch")).write(batch)
+    for sample in batch.samples:
+        folder = f"samples/{sample.record['sample_id']}"
+        names = sorted(p.name for p in (tmp_path / "lean" / folder).iterdir())
+        assert names == ["audio.wav", "image.png", "sample.json", "spectrogram.npy", "spectrogram.png", "video.mp4"]
+        assert (tmp_path / "lean" / folder / "video.mp4").stat().st_size > 0
+        for name in names:
+            if name != "video.mp4":  # ffmpeg's container is not promised byte-stable across runs
+                lean, usual = (tmp_path / root / folder / name for root in ("lean", "with-torch"))
+                assert lean.read_bytes() == usual.read_bytes(), name
+        assert json.loads((tmp_path / "lean" / folder / "sample.json").read_text())["crop_columns"] == 32
 
 
 # --- a real install of the core alone ---------------------------------------------------------------------------------
