@@ -226,11 +226,13 @@ def execute(
     endpoint_url: str | None = None,
     workers: int | None = None,
     address: str | None = None,
-    models: SweepModels | None = None,
     watch: StallWatch | None = DEFAULT_STALL_WATCH,
+    planned: tuple[list[GridPoint], list[list[GridPoint]]] | None = None,
 ) -> int:
-    """Generate what is left of `spec`, consolidate, then score if the spec asks; returns the manifest's rows."""
-    points, batches = plan(spec, store, models or identify_models(spec, address))
+    """Generate what is left of `spec`, consolidate, then score if the spec asks; returns the manifest's rows.
+
+    `planned`: `plan()`'s result when the caller has just made it (it reads the whole manifest from the store)."""
+    points, batches = planned or plan(spec, store, identify_models(spec, address))
     if batches:
         import ray
 
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         watch = StallWatch(floor_s=args.stall_after)
-        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address, models, watch)
+        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address, watch, (points, batches))
     except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
         print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
         return EXIT_FAILED

@@ -189,6 +189,24 @@ def test_bad_specs_fail_before_any_work(tmp_path, tiny_models, s3, capsys):
             os.environ.pop(key, None)
 
 
+def test_a_resubmitted_finished_sweep_reads_its_manifest_once(tmp_path, tiny_models, capsys, monkeypatch):
+    """The driver plans once (the manifest read from the store), and an all-done resubmit starts no Ray."""
+    import jobs.sweep
+    from jobs.spec import load_spec as load
+    from tests.in_process import run_sweep_in_process
+
+    spec = write_spec(tmp_path / "one.yaml", tiny_models, samples_per_pair=1, image_prompts=["a castle"])
+    run_sweep_in_process(load(spec), tmp_path / "run")
+    reads = []
+    monkeypatch.setattr(
+        jobs.sweep, "finished_ids", lambda store, read=jobs.sweep.finished_ids: reads.append(1) or read(store)
+    )
+    assert sweep_main([str(spec), "--output", str(tmp_path / "run")]) == 0
+    assert "2 grid points, 2 already done, 0 to generate" in capsys.readouterr().err
+    assert len(reads) == 1
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
 def test_sweep_to_s3_resumes_exactly_once_after_a_kill(tmp_path, tiny_models, s3, ray_cluster):
     client = bucket(s3, "sweeps")
     spec = write_slow_spec(tmp_path / "spec.yaml", tiny_models)
