@@ -27,6 +27,8 @@ def test_bench_e2e_runs_at_ci_size_and_accounts_for_every_path(tmp_path):
     document = json.loads(results.read_text())
     assert document["info"]["sample_ids_agree"] is True
     assert document["info"]["seeds_compared"] == 8
+    # The run's Ray head exports metrics as production clusters do, not every second as the local demo head does.
+    assert document["info"]["ray_metrics_report_interval_ms"] == "Ray's default (10000)"
     by_path = {entry["path"]: entry for entry in document["results"]}
     assert set(by_path) == {"bare", "parts", "cli", "sweep"}
     assert by_path["bare"]["ratio_to_bare"] == 1.0 and by_path["parts"]["ratio_to_parts"] == 1.0
