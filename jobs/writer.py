@@ -9,6 +9,7 @@ writer process starts in a fraction of a second and holds no model runtime (jobs
 from __future__ import annotations
 
 import datetime as dt
+import os
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,12 +64,15 @@ class SampleWriter:
     """Encodes generated samples into their files and writes them, then the batch's manifest part. No models.
 
     Storage is latency-bound (an S3 PUT waits tens of milliseconds whatever its size), so a batch's files go up
-    `UPLOAD_THREADS` at a time while the next sample is encoded — in an order that keeps the exactly-once rules:
+    `UPLOAD_THREADS` at a time while the next samples are encoded — in an order that keeps the exactly-once rules:
     every sample's other files, then the `sample.json` files (a sample is complete once its record is there), then
-    the part (a manifest row only after its artifacts).
+    the part (a manifest row only after its artifacts). Samples are encoded `RENDER_THREADS` at a time: PNG's
+    deflate, numpy and ffmpeg run outside the GIL, so a batch of 16 at 256×1024 took 0.4 s instead of 0.8 s on two
+    cores — what a sweep's end waits for once the last batch is generated.
     """
 
     UPLOAD_THREADS = 8  # below botocore's default connection pool (10)
+    RENDER_THREADS = min(4, os.cpu_count() or 1)
 
     def __init__(self, spec: dict[str, Any], output_uri: str, endpoint_url: str | None = None) -> None:
         self.spec = SweepSpec.model_validate(spec)
@@ -82,10 +86,12 @@ class SampleWriter:
         them back from the store).
         """
         rows, files, records, uploads = [], [], [], []
-        with ThreadPoolExecutor(self.UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-            for sample in batch.samples:
+        with (
+            ThreadPoolExecutor(self.UPLOAD_THREADS, thread_name_prefix="upload") as pool,
+            ThreadPoolExecutor(self.RENDER_THREADS, thread_name_prefix="render") as renderers,
+        ):
+            for sample, artifacts in zip(batch.samples, renderers.map(self._render, batch.samples), strict=True):
                 sample_id = sample.record["sample_id"]
-                artifacts = self._render(sample)
                 uris = {
                     URI_COLUMNS[name]: self.store.uri_for(f"samples/{sample_id}/{name}")
                     for name in artifacts
