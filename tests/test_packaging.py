@@ -314,6 +314,23 @@ def test_the_command_runs_without_the_extras_libraries(tmp_path: Path) -> None:
 # in the pipeline's actors. Without torch its start-up, on the way to the first batch, takes 1.1 s less CPU.
 # Only a model folder this machine has never fingerprinted is read with torch (its tensors), once.
 MODEL_LIBRARIES = ["torch", "torchvision", "diffusers", "transformers"]
+
+
+def run_blocked(script: str, args: list[str], cwd: Path, **env: str) -> tuple[dict, str]:
+    """Run a BLOCKER `script` with `args` from this checkout; the object its `RESULT ` line prints, and its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=cwd,
+        env={**clean_env(**env), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert "RESULT " in done.stdout, done.stderr[-5000:]
+    return json.loads(done.stdout.rsplit("RESULT ", 1)[1]), done.stderr
+
+
 DRIVER_SCRIPT = (
     BLOCKER
     + r"""
@@ -343,19 +360,9 @@ def test_a_sweeps_driver_plans_without_the_model_libraries(tiny_models: Path, tm
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     command = [json.dumps(MODEL_LIBRARIES), "spec.json", "--output", str(tmp_path / "out"), "--dry-run"]
-    done = subprocess.run(
-        [sys.executable, "-c", DRIVER_SCRIPT, *command],
-        cwd=tmp_path,
-        env={**clean_env(**cache), "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert "RESULT " in done.stdout, done.stderr[-5000:]
-    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
-    assert result == {"code": 0, "asked": []}, done.stderr[-3000:]
-    assert "3 grid points, 0 already done, 3 to generate" in done.stderr
+    result, stderr = run_blocked(DRIVER_SCRIPT, command, tmp_path, **cache)
+    assert result == {"code": 0, "asked": []}, stderr[-3000:]
+    assert "3 grid points, 0 already done, 3 to generate" in stderr
 
 
 WRITER_SCRIPT = (
@@ -402,17 +409,7 @@ def test_a_sweeps_writer_stores_a_batch_without_the_model_libraries(tiny_models:
     batch = SweepWorker(spec.model_dump()).generate([point_payload(p) for p in batches[0]])
     (tmp_path / "batch.pickle").write_bytes(pickle.dumps(batch, protocol=5))
     (tmp_path / "spec.json").write_text(json.dumps(spec.model_dump()))
-    done = subprocess.run(
-        [sys.executable, "-c", WRITER_SCRIPT, json.dumps(MODEL_LIBRARIES), str(tmp_path / "lean")],
-        cwd=tmp_path,
-        env={**clean_env(), "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert "RESULT " in done.stdout, done.stderr[-5000:]
-    result = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
+    result, _ = run_blocked(WRITER_SCRIPT, [json.dumps(MODEL_LIBRARIES), str(tmp_path / "lean")], tmp_path)
     assert result["loaded"] == [] and result["asked"] == [], result
     assert len(result["parts"]) == 1 and (tmp_path / "lean" / result["parts"][0]).is_file()
 
