@@ -381,10 +381,9 @@ def render_video(
     canvas = compose_canvas(image, spectrogram, layout, image_prompt, audio_prompt, captions)
     if not isinstance(audio, bytes | bytearray):
         from imgsound_core.artifacts import wav_bytes
-        from imgsound_core.audio.mel import SAMPLE_RATE_HZ
+        from imgsound_core.audio.layout import SAMPLE_RATE_HZ
 
-        waveform = audio.detach().float().cpu().numpy() if hasattr(audio, "detach") else np.asarray(audio)
-        audio = wav_bytes(waveform, sample_rate_hz or SAMPLE_RATE_HZ)
+        audio = wav_bytes(audio, sample_rate_hz or SAMPLE_RATE_HZ)  # a tensor or an array
     return encode_video(canvas, bytes(audio), fps=fps, metadata=metadata)
 
 
