@@ -607,10 +607,10 @@ def run_cli(
     return sample_ids(records)
 
 
+# ---- a Ray head of this run's own ------------------------------------------------------------------------------
 METRICS_INTERVAL_VARIABLE = "RAY_metrics_report_interval_ms"
 
 
-# ---- a Ray head of this run's own ------------------------------------------------------------------------------
 class RayHead:
     """`ray start --head` confined to this run (serve.local's scope: its own RAY_TMPDIR, free ports, a marker in the
     environment of every process), so `stop()` ends exactly its processes — never another Ray of the machine."""
