@@ -15,8 +15,9 @@ idempotent); an exception in our own code (a storage outage, models that are not
 and ends the sweep with its cause, and a resubmit generates only what has no manifest row.
 
 Resources per stage (logical, what Ray schedules on):
-    generate  num_gpus 1 (1 − SCORE_GPU_SHARE when scoring shares the GPU), or num_cpus 1 on a CPU cluster — where
-              it denoises with the node's cores / generators torch threads (IMGSOUND_WORKER_THREADS overrides);
+    generate  num_gpus 1 (1 − SCORE_GPU_SHARE when scoring shares the GPU) and num_cpus 1; on a CPU cluster it
+              denoises with the node's cores / generators torch threads (IMGSOUND_WORKER_THREADS overrides) and
+              reserves those cores less its share of the other stages' reservations (`generator_cpus`);
     write     num_cpus 0.5 — mostly waiting on storage and ffmpeg, which has threads of its own;
     score     num_gpus SCORE_GPU_SHARE beside a generator, or num_cpus 0.5.
 The generators run at niceness 0, the other stages at Ray's 15 for workers (`stage_runtime_envs`).
@@ -88,13 +89,79 @@ def _threads() -> int | None:
     return int(os.environ.get("IMGSOUND_WORKER_THREADS", "0")) or None
 
 
+@dataclass(frozen=True)
+class StageSizes:
+    """How many actors each stage has and what each reserves (Ray's logical resources); pure, so testable.
+
+    On a CPU cluster a generator denoises with `threads` torch threads (the node's cores / generators) and reserves
+    those cores less its share of what the writers and the CPU scorer reserve: they run in the gaps the generators
+    leave, at niceness 15. So every stage fits the node the threads were sized for. A fixed 1 CPU per generator did
+    not: two generators of one torch thread each on a 2-CPU node (`workers: 2`, the faster layout for small models,
+    whose one team of two torch threads does not scale) left nothing for the writers, which then started only once
+    the generators had finished. A generator keeps at least 0.1 CPU, to be placed on a node with CPUs.
+    """
+
+    generators: int
+    generator_cpus: float
+    generator_gpus: float
+    generator_threads: int | None  # None: torch's default (a GPU worker); else the torch threads on a CPU node
+    writers: int
+    scorers: int  # 0 without `scoring:`
+    scorer_cpus: float
+    scorer_gpus: float
+
+    @classmethod
+    def plan(
+        cls,
+        generators: int,
+        node_cpus: int,
+        use_gpu: bool,
+        scoring: bool,
+        score_on_gpu: bool,
+        writers: int | None = None,
+        threads: int | None = None,
+    ) -> StageSizes:
+        """`writers` as the spec says (None: 2 per generator on GPUs, 1 on CPUs); `threads` overrides the CPU
+        threads (IMGSOUND_WORKER_THREADS)."""
+        writers = writers or (WRITERS_PER_GENERATOR if use_gpu else 1) * generators
+        scorers = (generators if score_on_gpu else 1) if scoring else 0
+        if use_gpu:
+            return cls(
+                generators=generators,
+                generator_cpus=1.0,
+                generator_gpus=1 - SCORE_GPU_SHARE if score_on_gpu else 1.0,
+                generator_threads=threads,
+                writers=writers,
+                scorers=scorers,
+                scorer_cpus=0.0 if score_on_gpu else SCORE_CPUS,
+                scorer_gpus=SCORE_GPU_SHARE if score_on_gpu else 0.0,
+            )
+        threads = threads or max(1, node_cpus // generators)
+        others = writers * WRITE_CPUS + scorers * SCORE_CPUS
+        return cls(
+            generators=generators,
+            generator_cpus=max(0.1, round(threads - others / generators, 4)),
+            generator_gpus=0.0,
+            generator_threads=threads,
+            writers=writers,
+            scorers=scorers,
+            scorer_cpus=SCORE_CPUS,
+            scorer_gpus=0.0,
+        )
+
+    def cpus(self) -> float:
+        """Every stage's CPUs together."""
+        return self.generators * self.generator_cpus + self.writers * WRITE_CPUS + self.scorers * self.scorer_cpus
+
+
 class GenerateSamples:
     """Stage 1: a `SweepWorker` (both models) per actor; one dataset row in, the batch's samples out."""
 
-    def __init__(self, spec: dict[str, Any], cpu_threads: int | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], torch_threads: int | None = None) -> None:
         from jobs.worker import SweepWorker
 
-        self.worker = SweepWorker(spec, torch_threads=_threads() or cpu_threads)
+        # IMGSOUND_WORKER_THREADS of the node (its `ray start` environment) wins, as it does for the scorers.
+        self.worker = SweepWorker(spec, torch_threads=_threads() or torch_threads)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         generated = [pickle.dumps(self.worker.generate(json.loads(points)), protocol=5) for points in rows["points"]]
@@ -178,28 +245,29 @@ def sweep_dataset(
     context.raise_original_map_exception = True  # a failed sweep names its cause (e.g. StoreError), not "UDF failed"
     scoring = spec.scoring is not None
     score_on_gpu = scoring and use_gpu and spec.scoring.device != "cpu"
-    writers = spec.writers or (WRITERS_PER_GENERATOR if use_gpu else 1) * generators
+    # Denoising on a CPU cluster uses the node's cores (Ray would give an actor of 1 CPU one torch thread), shared
+    # among the generators a node may hold.
+    sizes = StageSizes.plan(
+        generators, 0 if use_gpu else _node_cpus(), use_gpu, scoring, score_on_gpu, spec.writers, _threads()
+    )
     generator_env, runtime_env = stage_runtime_envs(env_vars)
     items = [{"points": json.dumps([point_payload(p) for p in batch])} for batch in batches]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    # Ray gives an actor of 1 CPU one torch thread. Denoising on a CPU cluster should use the node's cores (the
-    # writers mostly wait on storage), shared among the generators a node may hold.
-    cpu_threads = None if use_gpu else max(1, _node_cpus() // generators)
     dataset = dataset.map_batches(
         GenerateSamples,
-        fn_constructor_args=(spec.model_dump(), cpu_threads),
+        fn_constructor_args=(spec.model_dump(), sizes.generator_threads),
         resources=spec.worker_resources,
         batch_size=1,
-        compute=actor_pool(size=generators),
-        num_gpus=(1 - SCORE_GPU_SHARE if score_on_gpu else 1) if use_gpu else 0,
-        num_cpus=1,
+        compute=actor_pool(size=sizes.generators),
+        num_gpus=sizes.generator_gpus,
+        num_cpus=sizes.generator_cpus,
         runtime_env=generator_env,
     )
     dataset = dataset.map_batches(
         WriteSamples,
         fn_constructor_args=(spec.model_dump(), output_uri, endpoint_url, scoring),
         batch_size=1,
-        compute=actor_pool(size=writers),  # a fixed pool: one batch in flight leaves Ray Data nothing to scale on
+        compute=actor_pool(size=sizes.writers),  # a fixed pool: one batch in flight leaves Ray Data nothing to scale on
         num_cpus=WRITE_CPUS,
         runtime_env=runtime_env,
     )
@@ -208,9 +276,9 @@ def sweep_dataset(
             ScoreSamples,
             fn_constructor_args=(spec.scoring.model_dump(), output_uri, endpoint_url),
             batch_size=1,
-            compute=actor_pool(size=generators if score_on_gpu else 1),
-            num_gpus=SCORE_GPU_SHARE if score_on_gpu else 0,
-            num_cpus=0 if score_on_gpu else SCORE_CPUS,
+            compute=actor_pool(size=sizes.scorers),
+            num_gpus=sizes.scorer_gpus,
+            num_cpus=sizes.scorer_cpus,
             runtime_env=runtime_env,
         )
     return dataset  # rows of `part` and `samples` (a last projection would hold rows back until the end)

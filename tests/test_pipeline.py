@@ -150,3 +150,81 @@ def test_the_generating_stage_runs_at_the_drivers_niceness_and_the_others_below(
     found = run_on_a_ray_of_its_own(tmp_path, NICENESS)
     assert found["generator"] == found["driver"], found
     assert found["other"] > found["generator"], found
+
+
+def test_stage_sizes_split_a_cpu_node_between_generators_writers_and_scorers():
+    from jobs.pipeline import SCORE_CPUS, WRITE_CPUS, StageSizes
+
+    one = StageSizes.plan(generators=1, node_cpus=2, use_gpu=False, scoring=False, score_on_gpu=False)
+    assert (one.generator_threads, one.writers, one.scorers) == (2, 1, 0)
+    assert one.generator_cpus == 2 - WRITE_CPUS and one.cpus() == 2
+    # One generator per core, one torch thread each: every actor still fits the two CPUs, with or without a scorer.
+    for scoring in (False, True):
+        two = StageSizes.plan(generators=2, node_cpus=2, use_gpu=False, scoring=scoring, score_on_gpu=False)
+        assert two.generator_threads == 1 and two.writers == 2 and two.scorers == int(scoring)
+        assert two.cpus() == 2 and two.generator_cpus == 1 - WRITE_CPUS - int(scoring) * SCORE_CPUS / 2
+    wide = StageSizes.plan(generators=2, node_cpus=16, use_gpu=False, scoring=False, score_on_gpu=False)
+    assert wide.generator_threads == 8 and wide.cpus() == 16
+    # IMGSOUND_WORKER_THREADS sizes the reservation too; a generator keeps a share of a CPU however many writers.
+    assert StageSizes.plan(1, 16, False, False, False, threads=4).generator_cpus == 4 - WRITE_CPUS
+    assert StageSizes.plan(1, 2, False, False, False, writers=8, threads=1).generator_cpus == 0.1
+    # On GPUs the accelerator places the generators; CPU shares stay as they were.
+    gpu = StageSizes.plan(generators=2, node_cpus=0, use_gpu=True, scoring=True, score_on_gpu=True)
+    assert (gpu.generator_cpus, gpu.generator_gpus, gpu.writers, gpu.scorers) == (1.0, 0.75, 4, 2)
+    assert (gpu.scorer_gpus, gpu.scorer_cpus, gpu.generator_threads) == (0.25, 0.0, None)
+
+
+# Every stage's actors as `StageSizes.plan` sizes them, on a Ray of 2 CPUs: each generator's batch waits (up to
+# GATE_S) until every writer and scorer actor has started. Sizes that did not fit the node would leave those actors
+# waiting for the generators' CPUs, and the gate would open only by timing out.
+STAGES_ON_TWO_CPUS = """
+import json, os, sys, time
+import ray, ray.data
+from jobs.pipeline import WRITE_CPUS, StageSizes, actor_pool
+
+FOLDER, GENERATORS, SCORING = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+GATE_S = 30.0
+
+class Stage:
+    def __init__(self, name, others):
+        open(os.path.join(FOLDER, f"{name}-{os.getpid()}"), "w").close()
+        self.name, self.others = name, others
+
+    def __call__(self, rows):
+        seen = 0
+        if self.name == "generate":
+            started = time.monotonic()
+            while time.monotonic() - started < GATE_S:
+                seen = sum(not f.startswith("generate") for f in os.listdir(FOLDER))
+                if seen >= self.others:
+                    break
+                time.sleep(0.1)
+            rows["seen"] = [seen] * len(rows["index"])
+        return rows
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+context = ray.data.DataContext.get_current()
+context.enable_progress_bars = False
+sizes = StageSizes.plan(GENERATORS, 2, use_gpu=False, scoring=SCORING, score_on_gpu=False)
+others = sizes.writers + sizes.scorers
+dataset = ray.data.from_items([{"index": i} for i in range(2 * GENERATORS)], override_num_blocks=2 * GENERATORS)
+dataset = dataset.map_batches(Stage, fn_constructor_args=("generate", others), batch_size=1,
+                              compute=actor_pool(size=sizes.generators), num_cpus=sizes.generator_cpus)
+dataset = dataset.map_batches(Stage, fn_constructor_args=("write", 0), batch_size=1,
+                              compute=actor_pool(size=sizes.writers), num_cpus=WRITE_CPUS)
+if sizes.scorers:
+    dataset = dataset.map_batches(Stage, fn_constructor_args=("score", 0), batch_size=1,
+                                  compute=actor_pool(size=sizes.scorers), num_cpus=sizes.scorer_cpus)
+seen = [int(row["seen"]) for row in dataset.iter_rows()]
+ray.shutdown()
+print(json.dumps({"others": others, "seen": seen}))
+"""
+
+
+@pytest.mark.parametrize(("generators", "scoring"), [(1, True), (2, False), (2, True)])
+def test_every_stage_starts_beside_the_generators_on_a_two_cpu_node(tmp_path, generators, scoring):
+    folder = tmp_path / "started"
+    folder.mkdir()
+    found = run_on_a_ray_of_its_own(tmp_path, STAGES_ON_TWO_CPUS, str(folder), str(generators), str(int(scoring)))
+    assert len(found["seen"]) == 2 * generators
+    assert all(seen == found["others"] for seen in found["seen"]), found
