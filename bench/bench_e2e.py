@@ -48,7 +48,9 @@ sweep    `python -m jobs.sweep SPEC --output DIR` to a local store folder, `--sa
          imports, model identification, planning, the pipeline's actors starting and loading models, generation
          and upload, consolidation into manifest.parquet and, with scoring, the scores. "steady" as for the CLI,
          from the store's sample.json files. On a CPU cluster a generating actor denoises with its node's cores
-         (shared by the node's generators; jobs/pipeline.py) unless `--worker-threads` sets IMGSOUND_WORKER_THREADS.
+         (shared by the node's generators; jobs/pipeline.py) unless `--worker-threads` sets IMGSOUND_WORKER_THREADS;
+         `--sweep-workers N` gives the spec `workers: N` (N generating actors; its default is one per GPU, else 1).
+         With N > 1 both generators finish their last batches together, so the "steady" rate says little there.
 sweep-scoring, sweep-video, sweep-scoring-video
          the same with `scoring:` (CLIP and CLAP scores and the cycle check; the tiny scorers `imgsound
          tiny-models` writes, or with `--arch sd15` CLIP ViT-B/16 and CLAP HTSAT-unfused architectures with random
@@ -711,6 +713,8 @@ def run_sweep(
     }
     if args.sweep_writers:
         spec["writers"] = args.sweep_writers
+    if args.sweep_workers:
+        spec["workers"] = args.sweep_workers
     if scoring:
         scorers = {"clip": str(models / "clip"), "clap": str(models / "clap")}
         spec["scoring"] = {**scorers, "device": "cpu" if cpu else "auto"}
@@ -751,6 +755,7 @@ def run_sweep(
         + (", video" if video else ""),
         "ray_cluster_already_up": True,
         "worker_threads": args.worker_threads or "the node's cores (jobs/pipeline.py's default on CPU)",
+        "generating_actors": args.sweep_workers or "the spec's default (one per GPU, else 1)",
         "after_last_sample_s": end_wall - max(mtimes),
         "sweep_reported_s": float(reported.group(1)) if reported else None,
         **steady_rate(mtimes, args.batch_size),
@@ -976,6 +981,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the Poisson arrivals' seed")
     parser.add_argument("--worker-threads", type=int, default=None, help="torch threads of the sweep's workers")
     parser.add_argument("--sweep-writers", type=int, default=None, help="the sweep spec's `writers` (its default)")
+    parser.add_argument("--sweep-workers", type=int, default=None, help="the sweep spec's `workers` (its default)")
     parser.add_argument(
         "--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS), help="[all but sweep-scoring-video]"
     )
