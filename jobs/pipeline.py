@@ -98,8 +98,8 @@ class StageSizes:
     leave, at niceness 15. So every stage fits the node the threads were sized for. A fixed 1 CPU per generator did
     not: two generators of one torch thread each on a 2-CPU node (`workers: 2`: a preempted thread then stalls only its
     own generator, not a team at its barrier; README, "Sweeps on two cores") left nothing for the writers, which
-    then started only once
-    the generators had finished. A generator keeps at least 0.1 CPU, to be placed on a node with CPUs.
+    then started only once the generators had finished. A generator keeps at least 0.1 CPU, to be placed on a node
+    with CPUs.
     """
 
     generators: int
