@@ -42,6 +42,7 @@ from imgsound_core.init_source import (
     source_sha256,
 )
 from imgsound_core.methods import REQUEST_TYPES, request_fields
+from imgsound_core.models.location import resolve_model_path, weight_bytes
 from imgsound_core.request import DEFAULT_INIT_STRENGTH, RequestError, SampleRequest, check_crop
 
 Method = Literal["denoise", "imprint", "sds"]
@@ -153,7 +154,11 @@ class SweepSpec(BaseModel):
     video: bool = Field(default=False, description="also write video.mp4 per sample (the playhead video)")
     output: str | None = Field(default=None, description="default output URI; --output overrides")
     batch_size: int = Field(default=16, ge=1, le=256, description="samples per worker call (one UNet batch)")
-    workers: int | None = Field(default=None, ge=1, description="generating actors; default: one per GPU, else 1")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="generating actors; default: one per GPU, else one per core as memory allows (cpu_generators)",
+    )
     worker_resources: dict[str, float] | None = Field(
         default=None,
         description="custom Ray resources each generating actor asks for, besides its GPU (e.g. {accelerator: 1} on "
@@ -296,18 +301,22 @@ class SweepModels:
 
     image: ModelIdentity
     audio: ModelIdentity
+    weight_bytes: int = 0  # both folders' weight files (`weight_bytes`), to size CPU generators; 0: not known
 
     @classmethod
     def identify(cls, spec: SweepSpec) -> SweepModels:
         """Identify the spec's models on this machine; `ModelNotAvailableError` when it does not hold them."""
-        return cls(identify_source(spec.image_source, "image"), identify_source(spec.models.audio, "audio"))
+        sources = ((spec.image_source, "image"), (spec.models.audio, "audio"))
+        image, audio = (identify_source(source, role) for source, role in sources)
+        size = sum(weight_bytes(resolve_model_path(source, role)[0]) for source, role in sources)
+        return cls(image, audio, size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image.__dict__, "audio": self.audio.__dict__}
+        return {"image": self.image.__dict__, "audio": self.audio.__dict__, "weight_bytes": self.weight_bytes}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepModels:
-        return cls(ModelIdentity(**data["image"]), ModelIdentity(**data["audio"]))
+        return cls(ModelIdentity(**data["image"]), ModelIdentity(**data["audio"]), data.get("weight_bytes", 0))
 
 
 @dataclass(frozen=True)
