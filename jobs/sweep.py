@@ -156,16 +156,31 @@ def run_batches(
     endpoint_url: str | None,
     workers: int | None,
     watch: StallWatch | None = DEFAULT_STALL_WATCH,
+    weight_bytes: int = 0,
 ) -> None:
-    """Generate, write (and with `scoring:`, score) `batches` through the streaming pipeline of jobs/pipeline.py."""
+    """Generate, write (and with `scoring:`, score) `batches` through the streaming pipeline of jobs/pipeline.py.
+
+    Generators: `workers` (the flag), else the spec's, else one per GPU, else on a CPU cluster one per core of a node
+    as its memory allows for models of `weight_bytes`, two batches each at least (`cpu_generators`; 1 when placed by
+    `worker_resources`)."""
     import ray
     from tqdm import tqdm
 
-    from jobs.pipeline import run_pipeline, sweep_dataset
+    from jobs.pipeline import _node_cpus, _node_memory, cpu_generators, run_pipeline, sweep_dataset
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = _use_gpu(spec)
-    count = min(workers or spec.workers or max(1, gpus if use_gpu else 1), len(batches))
+    wanted = workers or spec.workers
+    if wanted is None:
+        if use_gpu:
+            wanted = max(1, gpus)
+        elif spec.worker_resources:
+            wanted = 1
+        else:
+            wanted = cpu_generators(_node_cpus(), _node_memory(), weight_bytes, len(batches))
+    count = min(wanted, len(batches))
+    where = f"{gpus} GPUs" if use_gpu else "CPUs"
+    print(f"sweep {spec.name}: {count} generating actor{'s' if count > 1 else ''} on {where}", file=sys.stderr)
     dataset = sweep_dataset(spec, batches, output_uri, endpoint_url, count, use_gpu, forwarded_env())
     total = sum(len(b) for b in batches)
     with tqdm(total=total, unit="sample", desc=f"sweep {spec.name}", file=sys.stderr, mininterval=1.0) as bar:
@@ -228,17 +243,22 @@ def execute(
     address: str | None = None,
     watch: StallWatch | None = DEFAULT_STALL_WATCH,
     planned: tuple[list[GridPoint], list[list[GridPoint]]] | None = None,
+    models: SweepModels | None = None,
 ) -> int:
     """Generate what is left of `spec`, consolidate, then score if the spec asks; returns the manifest's rows.
 
-    `planned`: `plan()`'s result when the caller has just made it (it reads the whole manifest from the store)."""
-    points, batches = planned or plan(spec, store, identify_models(spec, address))
+    `planned`: `plan()`'s result when the caller has just made it (it reads the whole manifest from the store), with
+    the `models` it was made for."""
+    if planned is None:
+        models = identify_models(spec, address)
+        planned = plan(spec, store, models)
+    points, batches = planned
     if batches:
         import ray
 
         if not ray.is_initialized():
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        run_batches(spec, batches, output, endpoint_url, workers, watch)
+        run_batches(spec, batches, output, endpoint_url, workers, watch, models.weight_bytes if models else 0)
     rows = finalize(store, points)
     if spec.scoring is not None:
         from jobs.score import score_sweep
@@ -261,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="sweep spec YAML (see jobs/specs/)")
     parser.add_argument("--output", default=None, help="s3://bucket/prefix, file:///dir or a folder (default: spec)")
     parser.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    parser.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="generating actors (default: one per GPU; on CPUs one per core as memory allows)",
+    )
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--dry-run", action="store_true", help="validate, count what is left, and stop")
     parser.add_argument(
@@ -305,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         watch = StallWatch(floor_s=args.stall_after)
-        rows = execute(spec, store, output, args.endpoint_url, args.workers, args.address, watch, (points, batches))
+        rows = execute(
+            spec, store, output, args.endpoint_url, args.workers, args.address, watch, (points, batches), models
+        )
     except Exception as error:  # noqa: BLE001 - every failure ends with one sentence and a resumable state
         print(f"sweep: error: {failure_sentence(error)}", file=sys.stderr)
         return EXIT_FAILED

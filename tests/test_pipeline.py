@@ -174,6 +174,40 @@ def test_stage_sizes_split_a_cpu_node_between_generators_writers_and_scorers():
     assert (gpu.scorer_gpus, gpu.scorer_cpus, gpu.generator_threads) == (0.25, 0.0, None)
 
 
+def test_a_cpu_sweep_runs_one_generator_per_core_that_memory_allows():
+    from jobs.pipeline import GENERATOR_BASE_BYTES, WEIGHT_MEMORY_FACTOR, cpu_generators
+
+    tiny = 4 << 20  # the tiny models' weight files are a few MB
+    assert cpu_generators(node_cpus=2, node_memory=16e9, weight_bytes=tiny, batches=4) == 2
+    assert cpu_generators(node_cpus=16, node_memory=64e9, weight_bytes=tiny, batches=100) == 16
+    # Two batches each at least: a small sweep is not worth starting a second copy of the models for.
+    assert cpu_generators(node_cpus=16, node_memory=64e9, weight_bytes=tiny, batches=7) == 3
+    assert cpu_generators(node_cpus=2, node_memory=16e9, weight_bytes=tiny, batches=3) == 1
+    # SD-1.5 and Auffusion (≈8.4 GB of files): one on a 24 GB machine, three on a big node.
+    real = 8_400_000_000
+    per_generator = GENERATOR_BASE_BYTES + WEIGHT_MEMORY_FACTOR * real
+    assert cpu_generators(node_cpus=2, node_memory=16e9, weight_bytes=real, batches=100) == 1
+    assert cpu_generators(node_cpus=16, node_memory=3.5 * per_generator, weight_bytes=real, batches=100) == 3
+    # Unknown weights, one core or no memory figure: the single generator of before.
+    assert cpu_generators(node_cpus=8, node_memory=64e9, weight_bytes=0, batches=100) == 1
+    assert cpu_generators(node_cpus=1, node_memory=64e9, weight_bytes=tiny, batches=100) == 1
+    assert cpu_generators(node_cpus=8, node_memory=0.0, weight_bytes=tiny, batches=100) == 1
+
+
+def test_weight_bytes_count_what_the_loaders_read(tmp_path):
+    from imgsound_core.models.location import weight_bytes
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"p" * 700)
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    (tmp_path / "text_encoder" / "model.safetensors").write_bytes(b"s" * 300)
+    assert weight_bytes(tmp_path) == 1000
+    # After `imgsound convert` the loaders read the safetensors copy, not the pickle beside it.
+    (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"s" * 650)
+    assert weight_bytes(tmp_path) == 950
+
+
 # Every stage's actors as `StageSizes.plan` sizes them, on a Ray of 2 CPUs: each generator's batch waits (up to
 # GATE_S) until every writer and scorer actor has started. Sizes that did not fit the node would leave those actors
 # waiting for the generators' CPUs, and the gate would open only by timing out.
@@ -228,3 +262,20 @@ def test_every_stage_starts_beside_the_generators_on_a_two_cpu_node(tmp_path, ge
     found = run_on_a_ray_of_its_own(tmp_path, STAGES_ON_TWO_CPUS, str(folder), str(generators), str(int(scoring)))
     assert len(found["seen"]) == 2 * generators
     assert all(seen == found["others"] for seen in found["seen"]), found
+
+
+def test_a_sweeps_models_carry_their_weight_size_to_the_driver(tiny_models):
+    from imgsound_core.models.location import weight_bytes
+    from jobs.spec import SweepModels, SweepSpec
+
+    spec = SweepSpec(
+        name="sizes",
+        image_prompts=["a"],
+        audio_prompts=["b"],
+        models={"image": str(tiny_models / "image"), "audio": str(tiny_models / "audio")},
+    )
+    models = SweepModels.identify(spec)
+    expected = weight_bytes(tiny_models / "image") + weight_bytes(tiny_models / "audio")
+    assert models.weight_bytes == expected > 0
+    # What a worker identified (the Ray task of `identify_models`) reaches the driver whole.
+    assert SweepModels.from_dict(json.loads(json.dumps(models.to_dict()))) == models

@@ -259,8 +259,10 @@ def test_s3_outage_fails_clearly_and_a_resubmit_completes(tmp_path, tiny_models,
 
 
 def test_ray_job_submit_runs_a_sweep(tmp_path, tiny_models, ray_cluster):
-    """`ray job submit --working-dir .` against `ray start --head`, to a local folder, readable with pandas."""
-    spec = write_spec(tmp_path / "spec.yaml", tiny_models)
+    """`ray job submit --working-dir .` against `ray start --head`, to a local folder, readable with pandas; with no
+    `workers:`, the sweep runs a generator on each of the node's two cores (the tiny models fit many times over, and
+    four batches give each two)."""
+    spec = write_spec(tmp_path / "spec.yaml", tiny_models, batch_size=2)
     output = tmp_path / "out"
     result = subprocess.run(
         [
@@ -287,6 +289,7 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, tiny_models, ray_cluster):
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout.lower()
+    assert "2 generating actors on CPUs" in result.stdout
     frame = pd.read_parquet(output / "manifest.parquet")
     assert len(frame) == 8 and frame.sample_id.is_unique
     for uri in frame.image_uri:
@@ -390,6 +393,7 @@ def test_uploads_overlap_generation(tmp_path, tiny_models, s3, ray_cluster):
         batch_size=2,
         samples_per_pair=4,
         params={"steps": 8, "image_start_step": 1, "height": 256, "width": 1024},
+        workers=1,  # one generator: the time saved is the writers' overlap, not generators side by side
     )
     with S3Proxy(s3.endpoint_url, delay_s=0.5, delay_methods=("PUT",)) as proxy:
         env = sweep_env(s3, ray_cluster, AWS_ENDPOINT_URL=proxy.endpoint_url)
