@@ -49,7 +49,8 @@ sweep    `python -m jobs.sweep SPEC --output DIR` to a local store folder, `--sa
          and upload, consolidation into manifest.parquet and, with scoring, the scores. "steady" as for the CLI,
          from the store's sample.json files. On a CPU cluster a generating actor denoises with its node's cores
          (shared by the node's generators; jobs/pipeline.py) unless `--worker-threads` sets IMGSOUND_WORKER_THREADS;
-         `--sweep-workers N` gives the spec `workers: N` (N generating actors; its default is one per GPU, else 1).
+         `--sweep-workers N` gives the spec `workers: N` (N generating actors; its default is one per GPU, else one per
+         core as memory allows).
          With N > 1 both generators finish their last batches together, so the "steady" rate says little there.
 sweep-scoring, sweep-video, sweep-scoring-video
          the same with `scoring:` (CLIP and CLAP scores and the cycle check; the tiny scorers `imgsound
@@ -746,6 +747,7 @@ def run_sweep(
     records = [json.loads(f.read_text()) for f in files]
     mtimes = [f.stat().st_mtime for f in files]
     reported = re.search(r"done, \d+ rows in .*\(([\d.]+) s\)", done.stderr)
+    actors = re.search(r"(\d+) generating actors? on", done.stderr)  # what the sweep chose (`--sweep-workers` or not)
     label = "sweep" + (" + scoring" if scoring else "") + (" + video" if video else "")
     result = Result(name, f"{label} (submission → done, Ray up)", args.samples_sweep, seconds)
     result.extra = {
@@ -755,7 +757,7 @@ def run_sweep(
         + (", video" if video else ""),
         "ray_cluster_already_up": True,
         "worker_threads": args.worker_threads or "the node's cores (jobs/pipeline.py's default on CPU)",
-        "generating_actors": args.sweep_workers or "the spec's default (one per GPU, else 1)",
+        "generating_actors": int(actors.group(1)) if actors else args.sweep_workers,
         "after_last_sample_s": end_wall - max(mtimes),
         "sweep_reported_s": float(reported.group(1)) if reported else None,
         **steady_rate(mtimes, args.batch_size),
