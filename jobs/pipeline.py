@@ -51,7 +51,7 @@ GENERATOR_NICENESS_VARIABLE = "RAY_worker_niceness"
 # A CPU generator's memory besides its weights (`cpu_generators`): Python, torch and the libraries take ≈0.6 GB.
 GENERATOR_BASE_BYTES = 1 << 30
 # Weights as loaded (their files' size; twice it for fp16 files run in fp32) and a batch's activations, which grow
-# with the model: SD-1.5 and Auffusion (≈8 GB of files) make ≈25 GB a generator, so small nodes keep one.
+# with the model: SD-1.5 and Auffusion (≈8.4 GB of files) make ≈26 GB a generator, so small nodes keep one.
 WEIGHT_MEMORY_FACTOR = 3
 WRITERS_PER_GENERATOR = 2  # on a GPU, encoding and uploads of a batch take about as long as generating it (video: more)
 
@@ -86,7 +86,7 @@ def cpu_generators(node_cpus: int, node_memory: float, weight_bytes: int, batche
     and no more than gives each two of the sweep's `batches`.
 
     One generator of one torch thread per core beats one generator of a thread per core on the same batches (1.00–1.03
-    against 0.83–0.85× the in-process parts on two cores; README, "Sweeps on two cores"): a thread preempted by Ray's
+    against 0.83–0.85× the in-process parts on two cores; README, "Sweeps on CPUs"): a thread preempted by Ray's
     or a writer's processes stalls only its own generator, not a whole team at its barrier. Each one holds a copy of
     the models, sized as `GENERATOR_BASE_BYTES` + `WEIGHT_MEMORY_FACTOR` × their weight files; weights of unknown
     size (0) keep the single generator, as does a node too small for two. A small sweep keeps fewer: each generator
@@ -128,7 +128,7 @@ class StageSizes:
     those cores less its share of what the writers and the CPU scorer reserve: they run in the gaps the generators
     leave, at niceness 15. So every stage fits the node the threads were sized for. A fixed 1 CPU per generator did
     not: two generators of one torch thread each on a 2-CPU node (`workers: 2`: a preempted thread then stalls only its
-    own generator, not a team at its barrier; README, "Sweeps on two cores") left nothing for the writers, which
+    own generator, not a team at its barrier; README, "Sweeps on CPUs") left nothing for the writers, which
     then started only once the generators had finished. A generator keeps at least 0.1 CPU, to be placed on a node
     with CPUs.
     """

@@ -179,7 +179,7 @@ def run_batches(
         else:
             wanted = cpu_generators(_node_cpus(), _node_memory(), weight_bytes, len(batches))
     count = min(wanted, len(batches))
-    where = f"{gpus} GPUs" if use_gpu else "CPUs"
+    where = f"{gpus} GPU{'s' if gpus > 1 else ''}" if use_gpu else "CPUs"
     print(f"sweep {spec.name}: {count} generating actor{'s' if count > 1 else ''} on {where}", file=sys.stderr)
     dataset = sweep_dataset(spec, batches, output_uri, endpoint_url, count, use_gpu, forwarded_env())
     total = sum(len(b) for b in batches)
