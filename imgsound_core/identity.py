@@ -277,6 +277,21 @@ def fingerprint_folder(folder: str | os.PathLike) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def weight_bytes(folder: str | os.PathLike) -> int:
+    """The bytes of the weight files below `folder` as the loaders read them: a pickle with a safetensors copy beside
+    it counts once (as in `fingerprint_folder`). What a loaded model holds is about this (fp32 files) or twice it
+    (fp16 files run in fp32)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        if not path.is_file() or path.suffix.lower() not in WEIGHT_SUFFIXES:
+            continue
+        converted = _safetensors_name(path.name, PICKLE_TO_SAFETENSORS) if path.suffix == ".bin" else None
+        if converted is not None and (path.parent / converted).exists():
+            continue
+        total += path.stat().st_size
+    return total
+
+
 def _safetensors_name(name: str, mapping: Mapping[str, str]) -> str | None:
     """`diffusion_pytorch_model[.variant].bin` → the safetensors name the loaders would prefer, else None."""
     for pickle_name, safetensors_name in mapping.items():

@@ -27,9 +27,10 @@ from imgsound_core.identity import (
     ModelIdentity,
     SampleContext,
     hashed_request,
-    identify_source,
+    identify,
     identity_hash,
     sample_id,
+    weight_bytes,
 )
 from imgsound_core.init_source import (
     MAX_SOURCE_BYTES,
@@ -42,7 +43,7 @@ from imgsound_core.init_source import (
     source_sha256,
 )
 from imgsound_core.methods import REQUEST_TYPES, request_fields
-from imgsound_core.models.location import resolve_model_path, weight_bytes
+from imgsound_core.models.location import resolve_model_path
 from imgsound_core.request import DEFAULT_INIT_STRENGTH, RequestError, SampleRequest, check_crop
 
 Method = Literal["denoise", "imprint", "sds"]
@@ -306,10 +307,11 @@ class SweepModels:
     @classmethod
     def identify(cls, spec: SweepSpec) -> SweepModels:
         """Identify the spec's models on this machine; `ModelNotAvailableError` when it does not hold them."""
+        # Each folder resolved once: its identity and the size of its weights both read it.
         sources = ((spec.image_source, "image"), (spec.models.audio, "audio"))
-        image, audio = (identify_source(source, role) for source, role in sources)
-        size = sum(weight_bytes(resolve_model_path(source, role)[0]) for source, role in sources)
-        return cls(image, audio, size)
+        found = [(source, *resolve_model_path(source, role)) for source, role in sources]
+        image, audio = (identify(source, path, revision) for source, path, revision in found)
+        return cls(image, audio, sum(weight_bytes(path) for _, path, _ in found))
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image.__dict__, "audio": self.audio.__dict__, "weight_bytes": self.weight_bytes}

@@ -195,7 +195,7 @@ def test_a_cpu_sweep_runs_one_generator_per_core_that_memory_allows():
 
 
 def test_weight_bytes_count_what_the_loaders_read(tmp_path):
-    from imgsound_core.models.location import weight_bytes
+    from imgsound_core.identity import weight_bytes
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "text_encoder").mkdir()
@@ -265,7 +265,7 @@ def test_every_stage_starts_beside_the_generators_on_a_two_cpu_node(tmp_path, ge
 
 
 def test_a_sweeps_models_carry_their_weight_size_to_the_driver(tiny_models):
-    from imgsound_core.models.location import weight_bytes
+    from imgsound_core.identity import weight_bytes
     from jobs.spec import SweepModels, SweepSpec
 
     spec = SweepSpec(

@@ -77,20 +77,3 @@ def resolve_model_path(source: str | os.PathLike, role: str, revision: str | Non
             missing_weights_message(role, text, "no such folder, and not in the local Hugging Face cache")
         ) from error
     return snapshot, snapshot.name
-
-
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-
-def weight_bytes(folder: str | os.PathLike) -> int:
-    """The bytes of the weight files below `folder` as the loaders read them: a pickle with a safetensors copy beside
-    it counts once. What a loaded model holds is about this (fp32 files) or twice it (fp16 files run in fp32)."""
-    total = 0
-    for path in Path(folder).rglob("*"):
-        if not path.is_file() or path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
-            continue
-        copy = PICKLE_TO_SAFETENSORS.get(path.name)
-        if copy is not None and (path.parent / copy).exists():
-            continue
-        total += path.stat().st_size
-    return total
